@@ -1,0 +1,254 @@
+"""Recipes: YAML files parsed into trl/transformers dataclasses plus our own.
+
+A recipe is a flat YAML mapping; each key belongs to one of the stage's dataclasses (e.g. ``ModelArguments``,
+``DataArguments``, ``SFTConfig``). Command-line flags ``--key value`` override YAML values. Every key is checked
+against the dataclass fields and type hints *before* anything heavy happens, and any problem raises one
+``RecipeError`` naming the file, the key, what was expected and, for a misspelt key, the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from alignment.errors import RecipeError
+
+_MISSING = object()
+
+
+def _is_optional_none(value: Any, hint: Any) -> bool:
+    return value is None and _accepts_none(hint)
+
+
+def _accepts_none(hint: Any) -> bool:
+    return hint is type(None) or (_is_union(hint) and type(None) in typing.get_args(hint)) or hint is Any
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (Union, types.UnionType)
+
+
+def _describe(hint: Any) -> str:
+    """Human name of a type hint: ``float``, ``list of str``, ``one of 'a', 'b'``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if _is_union(hint):
+        return " or ".join(_describe(a) for a in args if a is not type(None)) + (
+            " (or null)" if type(None) in args else ""
+        )
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return "one of " + ", ".join(repr(m.value) for m in hint)
+    if origin in (list, tuple):
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    if origin is dict or hint is dict:
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))
+
+
+def coerce(value: Any, hint: Any) -> Any:
+    """Return ``value`` converted to ``hint`` or raise ``TypeError`` saying what was expected.
+
+    Accepts what YAML gives: numbers written as strings (PyYAML reads ``1e-4`` as a string), ``"true"`` for bools.
+    """
+    if hint is Any or hint is typing.Any:
+        return value
+    if _is_optional_none(value, hint):
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if _is_union(hint):
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg)
+            except TypeError:
+                continue
+        raise TypeError(f"expected {_describe(hint)}, got {value!r}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise TypeError(f"expected {_describe(hint)}, got {value!r}")
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value).value if isinstance(value, str) else hint(value)
+        except ValueError:
+            raise TypeError(f"expected {_describe(hint)}, got {value!r}") from None
+    if origin in (list, tuple):
+        items = value if isinstance(value, (list, tuple)) else None
+        if items is None:
+            raise TypeError(f"expected {_describe(hint)}, got {value!r}")
+        return [coerce(v, args[0]) for v in items] if args else list(items)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a mapping, got {value!r}")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        raise TypeError(f"expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise TypeError(f"expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise TypeError(f"expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise TypeError(f"expected a string, got {value!r}")
+    return value  # types we do not know how to check are passed through to the dataclass
+
+
+def _field_hints(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a recipe file into a mapping; raise ``RecipeError`` with the file and line on bad YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"Recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"{path}{where}: invalid YAML: {problem}") from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(argv: list[str]) -> dict[str, Any]:
+    """Parse ``--key value`` / ``--key=value`` flags; values are read as YAML scalars (``--bf16 true``)."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise RecipeError(f"Unexpected argument '{arg}': overrides are written --key value")
+        key, _, value = arg[2:].partition("=")
+        if not _:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                value = "true"  # a bare flag switches a boolean on
+            else:
+                i += 1
+                value = argv[i]
+        try:
+            overrides[key.replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            overrides[key.replace("-", "_")] = value
+        i += 1
+    return overrides
+
+
+def build_dataclasses(
+    values: dict[str, Any], classes: tuple[type, ...], source: str, *, check_paths: tuple[str, ...] = ()
+) -> tuple[Any, ...]:
+    """Instantiate each dataclass in ``classes`` from the flat ``values`` mapping.
+
+    A key may belong to several classes (e.g. ``trust_remote_code``); it is given to each. ``check_paths`` names keys
+    whose value must be an existing file or folder (``builtin:`` names and hub-style ids are left to their loaders).
+    """
+    hints = [_field_hints(c) for c in classes]
+    valid = sorted({k for h in hints for k in h})
+    for key in values:
+        if key not in valid:
+            raise RecipeError(f"{source}: unknown key '{key}'.{_suggest(key, valid)}")
+    kwargs: list[dict[str, Any]] = [{} for _ in classes]
+    for key, value in values.items():
+        for h, kw in zip(hints, kwargs):
+            if key in h:
+                try:
+                    kw[key] = coerce(value, h[key])
+                except TypeError as exc:
+                    raise RecipeError(f"{source}: key '{key}': {exc}") from None
+    for key in check_paths:
+        value = values.get(key)
+        if isinstance(value, str) and _looks_local(value) and not Path(value).exists():
+            raise RecipeError(f"{source}: key '{key}': path does not exist: {value}")
+    out = []
+    for cls, kw in zip(classes, kwargs):
+        try:
+            out.append(cls(**kw))
+        except (ValueError, TypeError) as exc:
+            raise RecipeError(f"{source}: invalid {cls.__name__}: {exc}") from None
+    return tuple(out)
+
+
+def _looks_local(value: str) -> bool:
+    """True for values that can only be local paths (not ``builtin:`` names or ``org/name`` hub ids)."""
+    if value.startswith("builtin:"):
+        return False
+    p = Path(value)
+    return value.startswith((".", "/", "~")) or p.suffix != "" or len(p.parts) > 2
+
+
+def parse_recipe(
+    argv: list[str], classes: tuple[type, ...], *, check_paths: tuple[str, ...] = ()
+) -> tuple[Any, ...]:
+    """``argv`` is ``[recipe.yaml, --key value, ...]`` (the recipe is optional when every key comes as a flag)."""
+    values: dict[str, Any] = {}
+    source = "command line"
+    if argv and not argv[0].startswith("--"):
+        source = argv[0]
+        values.update(load_yaml(argv[0]))
+        argv = argv[1:]
+    values.update(parse_overrides(argv))
+    return build_dataclasses(values, classes, source, check_paths=check_paths)
+
+
+def to_dict(*objs: Any) -> dict[str, Any]:
+    """Flatten dataclasses into one JSON-friendly mapping (the resolved recipe written to the run folder)."""
+    out: dict[str, Any] = {}
+    for obj in objs:
+        d = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
+        out.update({k: _jsonable(v) for k, v in d.items()})
+    return out
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, enum.Enum):
+        return v.value
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)

@@ -1,0 +1,27 @@
+"""The model layer: one way to resolve, load, quantise, adapt, save and reload models for every stage."""
+
+from alignment.models.args import ModelArguments
+from alignment.models.loader import (
+    head_module_names,
+    load_model,
+    load_tokenizer,
+    load_trained,
+    log_footprint,
+    merge_adapter,
+    parameter_counts,
+    read_meta,
+    save_model,
+)
+
+__all__ = [
+    "ModelArguments",
+    "head_module_names",
+    "load_model",
+    "load_tokenizer",
+    "load_trained",
+    "log_footprint",
+    "merge_adapter",
+    "parameter_counts",
+    "read_meta",
+    "save_model",
+]

@@ -1,0 +1,41 @@
+"""Recipe keys for the model layer: trl's ``ModelConfig`` plus the adaptation method and what trl lacks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from trl import ModelConfig
+
+Method = Literal["full", "freeze", "lora", "qlora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning"]
+PEFT_METHODS = ("lora", "qlora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning")
+
+
+@dataclass
+class ModelArguments(ModelConfig):
+    """trl's ModelConfig (model path, dtype, LoRA and bitsandbytes keys) plus:
+
+    ``method`` picks the adaptation: ``full`` fine-tuning, ``freeze`` (frozen backbone, trained head), ``lora``,
+    ``qlora`` (= ``lora`` on a 4-bit NF4 base), ``ia3``, ``prompt_tuning``, ``prefix_tuning``, ``p_tuning``.
+    ``use_peft`` and ``load_in_4bit`` are derived from it.
+    """
+
+    model_name_or_path: str | None = field(
+        default="builtin:smollm2-135m-instruct",
+        metadata={"help": "builtin:<name>, a local folder, a run folder, or a hub id."},
+    )
+    method: Method = field(default="lora", metadata={"help": "Adaptation method (see class docstring)."})
+    freeze_layers: int = field(
+        default=0, metadata={"help": "Freeze the embeddings and the first N transformer layers (full fine-tuning)."}
+    )
+    num_virtual_tokens: int = field(default=16, metadata={"help": "Virtual tokens for prompt/prefix/p-tuning."})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Defaults to the model's."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
+
+    def __post_init__(self):
+        if self.method == "qlora":
+            self.load_in_4bit = True
+        if self.load_in_4bit and self.method == "full":
+            raise ValueError("a 4-bit base cannot be fully fine-tuned; use method: qlora (or lora/ia3 with load_in_4bit)")
+        self.use_peft = self.method in PEFT_METHODS
+        super().__post_init__()
