@@ -220,10 +220,17 @@ def _looks_local(value: str) -> bool:
 
 
 def parse_recipe(
-    argv: list[str], classes: tuple[type, ...], *, check_paths: tuple[str, ...] = ()
+    argv: list[str],
+    classes: tuple[type, ...],
+    *,
+    defaults: dict[str, Any] | None = None,
+    check_paths: tuple[str, ...] = (),
 ) -> tuple[Any, ...]:
-    """``argv`` is ``[recipe.yaml, --key value, ...]`` (the recipe is optional when every key comes as a flag)."""
-    values: dict[str, Any] = {}
+    """``argv`` is ``[recipe.yaml, --key value, ...]`` (the recipe is optional when every key comes as a flag).
+
+    Precedence: command-line flags over the YAML file over ``defaults`` (the stage's own defaults).
+    """
+    values: dict[str, Any] = dict(defaults or {})
     source = "command line"
     if argv and not argv[0].startswith("--"):
         source = argv[0]

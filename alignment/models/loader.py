@@ -161,16 +161,18 @@ def load_model(
     """
     path = _resolve(args.model_name_or_path)
     label_kwargs = _label_kwargs(kind, label_names, num_labels)
+    base_name = args.model_name_or_path
     if is_adapter(path):
         meta = read_meta(path)
         same_kind = meta.get("kind", kind) == kind
         if same_kind and (not training or args.method in PEFT_METHODS):
             return _load_with_adapter(path, kind, args, tokenizer, label_kwargs, training)
-        path = merged_checkpoint(path)
+        path = base_name = merged_checkpoint(path)
     model = _from_pretrained(path, kind, args, label_kwargs)
     _sync_special_tokens(model, tokenizer)
     if training:
         model = apply_method(model, args, kind)
+    model.alignment_base_model = base_name  # what save_model records as the base an adapter sits on
     log_footprint(model, args.model_name_or_path)
     return model
 
@@ -203,6 +205,7 @@ def _load_with_adapter(path: str, kind: Kind, args: ModelArguments, tokenizer, l
 
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     model = PeftModel.from_pretrained(base, path, is_trainable=training)
+    model.alignment_base_model = base_args.model_name_or_path
     log_footprint(model, args.model_name_or_path)
     return model
 
@@ -317,14 +320,16 @@ def log_footprint(model, name: str) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------- save / reload / merge
-def save_model(model, tokenizer, out_dir: str | Path, *, kind: Kind, base_model: str, **meta: Any) -> None:
-    """Save weights (peft adapter or full checkpoint), tokenizer and ``alignment_model.json`` (kind, base, labels)."""
+def save_model(model, tokenizer, out_dir: str | Path, *, kind: Kind, **meta: Any) -> None:
+    """Save weights (peft adapter or full checkpoint), tokenizer and ``alignment_model.json`` (kind, base the
+    adapter sits on — a ``builtin:`` name stays a name — labels and whatever else the stage passes)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
-    meta = {"kind": kind, "base_model": base_model, **meta}
+    base = getattr(model, "alignment_base_model", None)
+    meta = {"kind": kind, **({"base_model": base} if base and is_adapter(out) else {}), **meta}
     (out / META_FILE).write_text(json.dumps(meta, indent=2))
 
 

@@ -1,0 +1,155 @@
+"""Run folders and the entry-point contract every stage shares.
+
+A run folder holds the fully resolved recipe (``recipe.yaml``), ``environment.json`` (library versions, git commit,
+device), ``log.txt``, metrics JSON files and checkpoints. :func:`stage_main` turns ``AlignmentError`` into one clear
+line on stderr and exit status 2, so bad input never ends in a traceback from deep inside a library.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from alignment.errors import AlignmentError, RecipeError
+
+logger = logging.getLogger("alignment")
+
+LIBRARIES = ("alignment", "torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate", "wandb", "gradio")
+MIN_FREE_BYTES = 2 * 2**30
+
+
+def default_output_dir(stage: str) -> str:
+    return str(Path("runs") / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def check_writable(run_dir: Path, min_free_bytes: int = MIN_FREE_BYTES) -> None:
+    """Fail before training if the run folder cannot be written or its disk is nearly full."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-probe"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as exc:
+        raise AlignmentError(f"Run folder {run_dir} is not writable: {exc.strerror or exc}") from None
+    free = shutil.disk_usage(run_dir).free
+    if free < min_free_bytes:
+        raise AlignmentError(
+            f"Only {free / 2**30:.2f} GiB free on the disk holding {run_dir}; at least "
+            f"{min_free_bytes / 2**30:.1f} GiB is needed for checkpoints. Free space or choose another output_dir."
+        )
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment() -> dict[str, Any]:
+    versions = {}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            versions[lib] = None
+    import torch
+
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": git_commit(),
+        "cuda": torch.cuda.is_available(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+        "argv": sys.argv,
+    }
+
+
+def start_run(run_dir: str | Path, recipe: dict[str, Any], *, is_main: bool = True) -> Path:
+    """Create/verify the run folder, write recipe + environment, and log to ``log.txt`` too."""
+    run_dir = Path(run_dir)
+    check_writable(run_dir)
+    if is_main:
+        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=True))
+        (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2))
+    handler = logging.FileHandler(run_dir / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return run_dir
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename), so a kill never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def configure_wandb(report_to: list[str] | str | None, run_dir: str | Path, group: str | None = None) -> None:
+    """Make wandb offline unless an API key is configured; never prompt, never block."""
+    targets = [report_to] if isinstance(report_to, str) else (report_to or [])
+    if "wandb" not in targets and "all" not in targets:
+        return
+    os.environ.setdefault("WANDB_PROJECT", "alignment")
+    os.environ.setdefault("WANDB_DIR", str(run_dir))
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if group:
+        os.environ.setdefault("WANDB_RUN_GROUP", group)
+    if not os.environ.get("WANDB_API_KEY") and not _netrc_has_wandb():
+        os.environ["WANDB_MODE"] = "offline"
+        logger.info("wandb: no API key configured, logging offline to %s (upload later with `wandb sync`)", run_dir)
+
+
+def _netrc_has_wandb() -> bool:
+    netrc = Path.home() / ".netrc"
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("ALIGNMENT_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def stage_main(fn: Callable[[list[str]], Any]) -> Callable[[list[str] | None], int]:
+    """Wrap a stage's ``main(argv)``: log set-up, clear one-line errors, exit status 2 on bad input."""
+
+    @functools.wraps(fn)
+    def wrapper(argv: list[str] | None = None) -> int:
+        setup_logging()
+        argv = sys.argv[1:] if argv is None else argv
+        if argv and argv[0] in ("-h", "--help"):
+            print(fn.__doc__ or "")
+            return 0
+        try:
+            fn(argv)
+        except AlignmentError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+
+    return wrapper
+
+
+def require_recipe(argv: list[str], usage: str) -> None:
+    if not argv:
+        raise RecipeError(f"usage: {usage}")

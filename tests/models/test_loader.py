@@ -1,0 +1,86 @@
+"""Model layer: adaptation methods, heads saved with adapters, identical scores after save and reload."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alignment.errors import ModelError
+from alignment.models import ModelArguments, load_model, load_tokenizer, load_trained, merge_adapter, parameter_counts, save_model
+
+TEXTS = ["a warm and funny film", "dull, far too long, and badly acted from start to finish"]
+
+
+def _perturb_adapter(model):
+    """Make the adapter non-trivial (LoRA B starts at zero) so a lost adapter would change the outputs."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+
+
+def _scores(model, tok):
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return model(**enc).logits
+
+
+@pytest.mark.parametrize(
+    "name,labels,method",
+    [("builtin:minilm-l6", ["negative", "positive"], "lora"), ("builtin:smollm2-135m-instruct", None, "lora")],
+    ids=["lora-classifier-minilm", "lora-reward-model-smollm"],
+)
+def test_adapter_with_head_round_trip(tmp_path, name, labels, method):
+    args = ModelArguments(model_name_or_path=name, method=method, lora_r=4)
+    tok = load_tokenizer(name)
+    model = load_model(args, "seq_cls", tok, label_names=labels, num_labels=None if labels else 1)
+    _perturb_adapter(model)
+    model.eval()
+    before = _scores(model, tok)
+    save_model(model, tok, tmp_path / "run", kind="seq_cls", label_names=labels, num_labels=len(labels) if labels else 1)
+    reloaded, tok2, meta = load_trained(tmp_path / "run")
+    assert meta["base_model"] == name
+    torch.testing.assert_close(_scores(reloaded, tok2), before, rtol=0, atol=1e-6)
+    if labels:
+        assert reloaded.config.id2label == {0: "negative", 1: "positive"}
+
+
+def test_methods_freeze_the_right_parameters():
+    tok = load_tokenizer("builtin:minilm-l6")
+    counts = {}
+    for method in ("full", "freeze", "lora", "ia3", "prompt_tuning"):
+        model = load_model(ModelArguments(model_name_or_path="builtin:minilm-l6", method=method), "seq_cls", tok, label_names=["a", "b"])
+        counts[method] = parameter_counts(model)
+        if method == "freeze":
+            trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+            assert trainable == {"classifier"}
+    total = counts["full"][1]
+    assert counts["full"][0] == total
+    assert counts["freeze"][0] == 384 * 2 + 2
+    assert 0 < counts["ia3"][0] < counts["lora"][0] < total
+    assert counts["prompt_tuning"][0] > 0
+    partial = load_model(ModelArguments(model_name_or_path="builtin:minilm-l6", method="full", freeze_layers=3), "seq_cls", tok, label_names=["a", "b"])
+    assert parameter_counts(partial)[0] < total
+    with pytest.raises(ModelError, match="freeze_layers=99 but the model has only 6 layers"):
+        load_model(ModelArguments(model_name_or_path="builtin:minilm-l6", method="full", freeze_layers=99), "seq_cls", tok, label_names=["a", "b"])
+
+
+def test_qlora_loads_4bit_and_export_merges_into_dequantised_base(tmp_path):
+    name = "builtin:smollm2-135m-instruct"
+    tok = load_tokenizer(name)
+    model = load_model(ModelArguments(model_name_or_path=name, method="qlora", lora_r=4, lora_target_modules=["q_proj", "v_proj"]), "causal", tok)
+    assert any("Linear4bit" in type(m).__name__ for m in model.modules())
+    _perturb_adapter(model)
+    save_model(model, tok, tmp_path / "adapter", kind="causal")
+    adapter, tok2, _ = load_trained(tmp_path / "adapter")  # fp32 base + adapter
+    merged_dir = merge_adapter(tmp_path / "adapter", tmp_path / "merged")
+    merged, _, meta = load_trained(merged_dir)
+    assert meta["merged_from"].endswith("adapter") and not (merged_dir / "adapter_config.json").exists()
+    enc = tok2(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**enc).logits, adapter(**enc).logits, rtol=1e-3, atol=1e-3)
+
+
+def test_missing_model_folder_is_clear(tmp_path):
+    with pytest.raises(ModelError, match="Model folder not found"):
+        load_trained(tmp_path / "nothing")
