@@ -102,6 +102,14 @@ class TaskView:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def label_of(self, candidate_id: int) -> str:
+        """The label ("A", "B", ...) under which this rater sees a candidate."""
+        return next(c.label for c in self.candidates if c.id == candidate_id)
+
+    def shown_ranks(self, rank_of: dict[int, int]) -> list[int]:
+        """``submit(ranks=...)`` for ranks keyed by candidate id: one rank per candidate in shown order."""
+        return [rank_of[c.id] for c in self.candidates]
+
 
 def _content_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
