@@ -80,8 +80,8 @@ def coerce(value: Any, hint: Any) -> Any:
         except ValueError:
             raise TypeError(f"expected {_describe(hint)}, got {value!r}") from None
     if origin in (list, tuple):
-        items = value if isinstance(value, (list, tuple)) else None
-        if items is None:
+        items = [value] if isinstance(value, str) else value  # a lone string is a one-item list
+        if not isinstance(items, (list, tuple)):
             raise TypeError(f"expected {_describe(hint)}, got {value!r}")
         return [coerce(v, args[0]) for v in items] if args else list(items)
     if origin is dict or hint is dict:
