@@ -13,7 +13,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from filelock import FileLock
@@ -152,9 +152,12 @@ def load_model(
     label_names: list[str] | None = None,
     num_labels: int | None = None,
     training: bool = True,
+    init_head: Callable[[Any], None] | None = None,
 ):
     """Load ``args.model_name_or_path`` with the head for ``kind``, quantised and adapted as ``args`` says.
 
+    ``init_head(model)`` initialises a freshly created head (not one restored from a classifier run folder) before
+    adapters wrap it.
     A run folder holding an adapter of the same kind continues that adapter when training with a peft method, and
     is used as is for inference; otherwise the adapter is merged into a de-quantised copy of its base first (cached),
     and the recipe's method is applied on top.
@@ -168,8 +171,11 @@ def load_model(
         if same_kind and (not training or args.method in PEFT_METHODS):
             return _load_with_adapter(path, kind, args, tokenizer, label_kwargs, training)
         path = base_name = merged_checkpoint(path)
+    fresh_head = kind == "seq_cls" and read_meta(path).get("kind") != "seq_cls"
     model = _from_pretrained(path, kind, args, label_kwargs)
     _sync_special_tokens(model, tokenizer)
+    if init_head is not None and fresh_head:
+        init_head(model)
     if training:
         model = apply_method(model, args, kind)
     model.alignment_base_model = base_name  # what save_model records as the base an adapter sits on

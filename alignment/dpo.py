@@ -1,0 +1,101 @@
+"""Direct preference optimisation: ``python -m alignment.dpo recipe.yaml [--key value ...]`` (trl ``DPOTrainer``).
+
+The policy is a QLoRA adapter by default (``method: qlora``); the reference policy is the same base with the adapter
+disabled, so no second model copy is held. Any loss trl supports (``loss_type``: sigmoid, ipo, hinge, robust, …),
+``beta`` and ``precompute_ref_log_probs`` are recipe keys. trl's metric names are logged alongside plain-language
+ones (``preference_accuracy``, ``reward_margin``, …).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from transformers import TrainerCallback
+from trl import DPOConfig, DPOTrainer
+
+from alignment.data import DataArguments, load_data
+from alignment.models import ModelArguments, load_model, load_tokenizer, save_model
+from alignment.run import stage_main, write_json
+from alignment.training import NonFiniteLossGuard, begin, parse_stage, resume_from
+
+logger = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "method": "qlora",
+    "learning_rate": 5e-5,
+    "beta": 0.1,
+    "num_train_epochs": 1,
+    "per_device_train_batch_size": 4,
+    "per_device_eval_batch_size": 8,
+    "max_length": 256,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.05,
+    "validation_split": 0.1,
+}
+
+PLAIN_NAMES = {
+    "rewards/chosen": "implicit_reward_chosen",
+    "rewards/rejected": "implicit_reward_rejected",
+    "rewards/accuracies": "preference_accuracy",
+    "rewards/margins": "reward_margin",
+    "logps/chosen": "logprob_chosen",
+    "logps/rejected": "logprob_rejected",
+}
+
+
+@dataclass
+class DPOStageArguments:
+    resume: bool = field(default=True, metadata={"help": "Continue from the last complete checkpoint in output_dir."})
+
+
+class PlainMetricNames(TrainerCallback):
+    """Add plain-language copies of trl's DPO metrics (``eval_rewards/margins`` → ``eval_reward_margin``)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs:
+            return
+        for key in list(logs):
+            prefix = "eval_" if key.startswith("eval_") else ""
+            plain = PLAIN_NAMES.get(key.removeprefix(prefix))
+            if plain:
+                logs[prefix + plain] = logs[key]
+
+
+@stage_main
+def main(argv: list[str]) -> None:
+    """usage: python -m alignment.dpo RECIPE.yaml [--key value ...]"""
+    model_args, data_args, stage_args, config = parse_stage(
+        argv, "dpo", (ModelArguments, DataArguments, DPOStageArguments, DPOConfig), DEFAULTS
+    )
+    data = load_data(data_args, "preference")
+    splits = {k: v.remove_columns([c for c in v.column_names if c == "margin"]) for k, v in data.splits.items()}
+    run_dir = begin(config, model_args, data_args, stage_args)
+    for line in data.report:
+        logger.info("data: %s", line)
+
+    tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path)
+    model = load_model(model_args, "causal", tokenizer)
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None,  # peft policy: the reference is the base with the adapter disabled
+        args=config,
+        train_dataset=splits["train"],
+        eval_dataset=splits.get("validation"),
+        processing_class=tokenizer,
+        callbacks=[NonFiniteLossGuard(), PlainMetricNames()],
+    )
+    result = trainer.train(resume_from_checkpoint=resume_from(run_dir, stage_args.resume))
+    metrics = dict(result.metrics)
+    if "validation" in splits:
+        metrics.update(trainer.evaluate())
+    if trainer.is_world_process_zero():
+        save_model(trainer.model, tokenizer, run_dir, kind="causal", method=model_args.method, stage="dpo")
+        write_json(run_dir / "metrics.json", {**metrics, "data_report": data.report})
+    logger.info("DPO finished: %s", {k: v for k, v in metrics.items() if "loss" in k or "margin" in k or "accuracy" in k})
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
