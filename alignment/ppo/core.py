@@ -45,8 +45,8 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature
     """log softmax(logits / temperature) gathered at `tokens`: log pi(a_t | s_t) of the sampled tokens.
 
     `logits[b, t]` must be the logits that produced `tokens[b, t]` (already shifted by the caller) and
-    `temperature` the sampler's, so that the log-probs are those of the sampling policy [N]. Computed in float32,
-    one row at a time to bound peak memory.
+    `temperature` the sampler's, so that the log-probs are those of the sampling policy [N]. Computed in float32, one
+    row at a time (bounds peak memory in no-grad rollout passes; autograd still keeps every row for backward).
     """
     rows = [
         F.log_softmax(row.float() / temperature, dim=-1).gather(-1, row_tokens.unsqueeze(-1)).squeeze(-1)
