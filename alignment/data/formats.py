@@ -95,8 +95,9 @@ def normalise_row(row: dict, spec: RowSpec) -> list[dict]:
 
 
 def row_shape(data: dict) -> tuple[tuple[str, str], ...]:
-    """The columns of a normalised row and their kinds; all rows of a dataset must share it."""
-    return tuple((name, "label" if name == "label" else _kind(value)) for name, value in data.items())
+    """The columns of a normalised row and their kinds, which all rows of a dataset must share.
+    An optional margin is left out: load_data fills in missing margins."""
+    return tuple((name, "label" if name == "label" else _kind(value)) for name, value in data.items() if name != "margin")
 
 
 def describe_shape(shape: tuple[tuple[str, str], ...]) -> str:
@@ -309,7 +310,8 @@ def _reply(value: object, column: str) -> str | list[dict]:
 
 
 def _margin(view: RowView) -> float | None:
-    return view.number("margin") if view.has("margin") else None
+    """The row's margin; None when the column is absent or null (load_data then fills in 0.0, i.e. no margin)."""
+    return view.number("margin") if view.row.get(view.columns["margin"]) is not None else None
 
 
 def _pair(prompt, chosen, rejected, margin: float | None = None, identical: str = "chosen and rejected are identical"):

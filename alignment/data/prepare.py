@@ -252,7 +252,7 @@ def _check_schema(splits: dict[str, list[Row]], run: _Run) -> None:
         for row in without:
             row.data["margin"] = 0.0
         for source, count in Counter(row.source for row in without).items():
-            run.report.append(f"margin: {source} has no margins; 0.0 (no margin) filled in for its {count} rows")
+            run.report.append(f"margin: 0.0 (no margin) filled in for {count} rows of {source} without a margin")
     first_of_shape: dict[tuple, Row] = {}
     for row in rows:
         first_of_shape.setdefault(row_shape(row.data), row)
