@@ -133,7 +133,7 @@ def _jsonl_records(path: str) -> Iterator[tuple[int, dict | BadRow]]:
             try:
                 text = _decode(raw, first=number == 1)
                 if text.strip():
-                    yield number, _json_object(json.loads(text))
+                    yield number, _json_object(json.loads(text.rstrip("\r\n")))
             except json.JSONDecodeError as error:
                 yield number, BadRow(f"invalid JSON: {error.msg} (column {error.colno})")
             except BadRow as bad:
