@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import re
 import types
 import typing
 from pathlib import Path
@@ -20,7 +21,29 @@ import yaml
 
 from alignment.errors import RecipeError
 
-_MISSING = object()
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """YAML 1.2 scalars: only true/false are booleans (``save_strategy: no`` stays the string "no") and ``1e-4``
+    is a float, as users expect; PyYAML's YAML 1.1 defaults read them as False and as a string."""
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=RecipeLoader)
 
 
 def _is_optional_none(value: Any, hint: Any) -> bool:
@@ -139,7 +162,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"Recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -170,7 +193,7 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
                 i += 1
                 value = argv[i]
         try:
-            overrides[key.replace("-", "_")] = yaml.safe_load(value)
+            overrides[key.replace("-", "_")] = yaml_load(value)
         except yaml.YAMLError:
             overrides[key.replace("-", "_")] = value
         i += 1

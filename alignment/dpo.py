@@ -16,8 +16,8 @@ from trl import DPOConfig, DPOTrainer
 
 from alignment.data import DataArguments, load_data
 from alignment.models import ModelArguments, load_model, load_tokenizer, save_model
-from alignment.run import stage_main, write_json
-from alignment.training import NonFiniteLossGuard, begin, parse_stage, resume_from
+from alignment.run import stage_main
+from alignment.training import NonFiniteLossGuard, begin, final_evaluation, final_metrics, parse_stage, resume_from, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +90,11 @@ def main(argv: list[str]) -> None:
     result = trainer.train(resume_from_checkpoint=resume_from(run_dir, stage_args.resume))
     metrics = dict(result.metrics)
     if "validation" in splits:
-        metrics.update(trainer.evaluate())
+        metrics.update(final_evaluation(trainer))
+    metrics = final_metrics(metrics, trainer)
     if trainer.is_world_process_zero():
         save_model(trainer.model, tokenizer, run_dir, kind="causal", method=model_args.method, stage="dpo")
-        write_json(run_dir / "metrics.json", {**metrics, "data_report": data.report})
+    write_results(trainer, run_dir, metrics, data.report)
     logger.info("DPO finished: %s", {k: v for k, v in metrics.items() if "loss" in k or "margin" in k or "accuracy" in k})
 
 

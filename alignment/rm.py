@@ -19,8 +19,8 @@ from trl import RewardConfig, RewardTrainer
 from alignment.data import DataArguments, load_data
 from alignment.models import ModelArguments, load_model, load_tokenizer, save_model
 from alignment.rewards import encode, init_reward_head, preference_metrics, score_ids
-from alignment.run import stage_main, write_json
-from alignment.training import NonFiniteLossGuard, begin, parse_stage, resume_from
+from alignment.run import stage_main
+from alignment.training import NonFiniteLossGuard, begin, final_metrics, parse_stage, resume_from, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def main(argv: list[str]) -> None:
     )
     result = trainer.train(resume_from_checkpoint=resume_from(run_dir, stage_args.resume))
     model = trainer.model.eval()
-    metrics = {"train": result.metrics}
+    metrics = {"train": final_metrics(result.metrics, trainer)}
     if held_out:
         metrics[held_out] = evaluate_pairs(model, tokenizer, splits[held_out], data.splits[held_out], config.per_device_eval_batch_size)
         logger.info("held-out (%s) preference metrics: %s", held_out, metrics[held_out])
@@ -111,7 +111,7 @@ def main(argv: list[str]) -> None:
             model, tokenizer, run_dir, kind="seq_cls", num_labels=1, method=model_args.method, stage="rm",
             max_length=config.max_length, reward_stats=stats,
         )
-        write_json(run_dir / "metrics.json", {**metrics, "reward_stats": stats, "data_report": data.report})
+    write_results(trainer, run_dir, {**metrics, "reward_stats": stats}, data.report)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from alignment.data import DataArguments, load_data
 from alignment.errors import RecipeError
 from alignment.generation import SamplingArguments, generate
 from alignment.models import ModelArguments, load_model, load_tokenizer, save_model
-from alignment.run import stage_main, write_json
-from alignment.training import NonFiniteLossGuard, begin, final_metrics, parse_stage, resume_from
+from alignment.run import stage_main
+from alignment.training import NonFiniteLossGuard, begin, final_evaluation, final_metrics, parse_stage, resume_from, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -133,13 +133,11 @@ def main(argv: list[str]) -> None:
     result = trainer.train(resume_from_checkpoint=resume_from(run_dir, stage_args.resume))
     metrics = dict(result.metrics)
     if evaluation is not None:
-        metrics.update(trainer.evaluate())
-    metrics = final_metrics(metrics)
+        metrics.update(final_evaluation(trainer))
+    metrics = final_metrics(metrics, trainer)
     if trainer.is_world_process_zero():
-        save_model(
-            trainer.model, tokenizer, run_dir, kind="causal", method=model_args.method, stage="sft",
-        )
-        write_json(run_dir / "metrics.json", {**metrics, "data_report": data.report})
+        save_model(trainer.model, tokenizer, run_dir, kind="causal", method=model_args.method, stage="sft")
+    write_results(trainer, run_dir, metrics, data.report)
     logger.info("SFT finished: %s", {k: v for k, v in metrics.items() if "loss" in k or "perplexity" in k})
 
 

@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 
 from alignment.config import parse_recipe, to_dict
 from alignment.errors import AlignmentError
-from alignment.run import configure_wandb, default_output_dir, start_run
+from alignment.run import configure_wandb, default_output_dir, start_run, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +125,26 @@ class NonFiniteLossGuard(TrainerCallback):
             )
 
 
-def final_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Add perplexity next to any eval loss."""
+def final_evaluation(trainer) -> dict[str, Any]:
+    """Eval metrics at the final step: reused from the log when training just evaluated, else computed once."""
+    history = [row for row in trainer.state.log_history if "eval_loss" in row]
+    if history and history[-1].get("step") == trainer.state.global_step:
+        return {k: v for k, v in history[-1].items() if k.startswith("eval_")}
+    return trainer.evaluate()
+
+
+def write_results(trainer, run_dir: Path, metrics: dict[str, Any], data_report: list[str]) -> None:
+    """Main process only: ``metrics.json`` (final numbers + data report) and ``log_history.json`` (every log row)."""
+    if trainer.is_world_process_zero():
+        write_json(run_dir / "metrics.json", {**metrics, "data_report": data_report})
+        write_json(run_dir / "log_history.json", trainer.state.log_history)
+
+
+def final_metrics(metrics: dict[str, Any], trainer=None) -> dict[str, Any]:
+    """Add perplexity next to any eval loss, and the trainer's step count and world size."""
     out = dict(metrics)
+    if trainer is not None:
+        out.update(global_step=trainer.state.global_step, world_size=trainer.args.world_size)
     for key in [k for k in metrics if k.endswith("eval_loss")]:
         try:
             out[key.replace("loss", "perplexity")] = math.exp(metrics[key])

@@ -111,9 +111,11 @@ def _check_args(args: DataArguments, task: str) -> None:
         raise RecipeError("validation_split + test_split must be below 1 to leave training rows")
     if args.balance != "none" and task != "classification":
         raise RecipeError(f"balance: only for classification data, not for task '{task}'")
-    for key in ("min_chars", "max_chars", "max_samples"):
-        if getattr(args, key) is not None and getattr(args, key) < (1 if key == "max_samples" else 0):
-            raise RecipeError(f"{key}: must be {'positive' if key == 'max_samples' else 'non-negative'}, got {getattr(args, key)}")
+    for key in ("min_chars", "max_chars"):
+        if getattr(args, key) is not None and getattr(args, key) < 0:
+            raise RecipeError(f"{key}: must be non-negative, got {getattr(args, key)}")
+    if args.max_samples is not None and args.max_samples < 1:
+        raise RecipeError(f"max_samples: must be positive, got {args.max_samples}")
     if args.min_chars is not None and args.max_chars is not None and args.min_chars > args.max_chars:
         raise RecipeError(f"min_chars ({args.min_chars}) is above max_chars ({args.max_chars})")
     if args.label_names is not None and (not args.label_names or len(set(args.label_names)) != len(args.label_names)):
@@ -179,7 +181,7 @@ def _read_all(args: DataArguments, entries: list[_Entry], run: _Run) -> dict[str
             if name in splits:
                 run.report.append(f"{name}: {name}_path {path} replaces the {name} split of the training source")
             source = _pick_split(open_source(path, args.csv_quoting, args.dataset_config), name, path)
-            splits[name] = _read_split(source, replace(args, dataset_path=path), run, len(entries), name)
+            splits[name] = _read_split(source, args, run, len(entries), name)
     return splits
 
 
@@ -286,9 +288,11 @@ def _prepare_rows(splits: dict[str, list[Row]], args: DataArguments, run: _Run) 
     """Cleaning, empty rows, duplicates and the length filter, on every split; then the bad-row summary."""
     for name, cleaner in CLEANERS.items():
         if getattr(args, name):
+            totals = {split: len(rows) for split, rows in splits.items()}
             changed = {split: clean(rows, cleaner) for split, rows in splits.items()}
-            run.report.append(f"{name}: changed {_per_split(changed, splits)}")
-    _remove(splits, "drop_empty", lambda split, row: _not_empty(row, args.drop_empty, run), run)
+            run.report.append(f"{name}: changed {_per_split(changed, totals)}")
+    empty_step = "drop_empty" if args.drop_empty else "empty rows (drop_empty is off: bad rows)"
+    _remove(splits, empty_step, lambda split, row: _not_empty(row, args.drop_empty, run), run)
     if args.drop_duplicates:
         seen: set[tuple[str, str]] = set()
         _remove(splits, "drop_duplicates", lambda split, row: _first_time((split, duplicate_key(row)), seen), run)
@@ -329,10 +333,9 @@ def _remove(splits: dict[str, list[Row]], step: str, keep: Callable[[str, Row], 
     run.report.append(f"{step}: removed {_per_split(counts, totals)}" + (f" (e.g. {examples})" if examples else ""))
 
 
-def _per_split(counts: dict[str, int], totals: dict[str, int] | dict[str, list]) -> str:
+def _per_split(counts: dict[str, int], totals: dict[str, int]) -> str:
     """'12 of 300 rows' for train alone, else '12 of 300 rows in train, 1 of 30 rows in validation'."""
-    sizes = {split: total if isinstance(total, int) else len(total) for split, total in totals.items()}
-    parts = [f"{counts[split]} of {sizes[split]} rows in {split}" for split in counts if split == "train" or sizes[split]]
+    parts = [f"{counts[split]} of {totals[split]} rows in {split}" for split in counts if split == "train" or totals[split]]
     return parts[0].removesuffix(" in train") if len(parts) == 1 else ", ".join(parts)
 
 

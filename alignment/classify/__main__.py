@@ -1,0 +1,3 @@
+from alignment.classify.stage import main
+
+raise SystemExit(main())

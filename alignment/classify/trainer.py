@@ -1,0 +1,90 @@
+"""``transformers.Trainer`` for classifiers: class-weighted cross-entropy and a separate learning rate for the head."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from alignment.errors import RecipeError
+from alignment.models import head_module_names
+
+
+def class_weights_tensor(spec: str | list[str] | None, train_labels: list[int], label_names: list[str]) -> torch.Tensor | None:
+    """``auto``: n / (k * n_c) from the train split (mean weight over training rows is 1); a list: one weight per
+    class in label order; ``None``: unweighted."""
+    if spec is None or spec == "none":
+        return None
+    if spec == "auto":
+        counts = Counter(train_labels)
+        missing = [name for i, name in enumerate(label_names) if counts[i] == 0]
+        if missing:
+            raise RecipeError(f"class_weights: auto needs every class in the train split; no rows for {missing}")
+        n, k = len(train_labels), len(label_names)
+        return torch.tensor([n / (k * counts[i]) for i in range(k)], dtype=torch.float32)
+    if isinstance(spec, str):
+        raise RecipeError(f"class_weights: expected 'auto' or a list of {len(label_names)} numbers, got {spec!r}")
+    try:
+        weights = [float(w) for w in spec]
+    except ValueError:
+        raise RecipeError(f"class_weights: expected numbers, got {spec}") from None
+    if len(weights) != len(label_names) or any(w < 0 for w in weights) or not any(weights):
+        raise RecipeError(
+            f"class_weights: expected {len(label_names)} non-negative weights (not all zero) for {label_names}, got {spec}"
+        )
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def weighted_cross_entropy(weights: torch.Tensor):
+    """A ``compute_loss_func``: sum of weighted per-row losses over the rows of the whole accumulated batch, so
+    gradient accumulation gives the same loss as one large batch."""
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"]
+        total = F.cross_entropy(logits.float(), labels, weight=weights.to(logits.device), reduction="sum")
+        return total / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+
+    return loss
+
+
+def head_parameter_ids(model) -> set[int]:
+    """Parameters of the task head (also inside a peft wrapper, where the head is a trained copy)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    heads = set(head_module_names(base))
+    return {id(p) for name, p in base.named_parameters() if name.split(".")[0] in heads}
+
+
+class ClassifierTrainer(Trainer):
+    """Trainer with optional class weights (``weighted_cross_entropy``) and ``head_learning_rate`` for the head's
+    parameter groups; everything else is the stock Trainer."""
+
+    def __init__(self, *args, class_weights: torch.Tensor | None = None, head_learning_rate: float | None = None, **kwargs):
+        if class_weights is not None:
+            kwargs["compute_loss_func"] = weighted_cross_entropy(class_weights)
+        super().__init__(*args, **kwargs)
+        self.head_learning_rate = head_learning_rate
+
+    def create_optimizer(self, model=None):
+        if self.head_learning_rate is not None and self.optimizer is None:
+            opt_model = self.model if model is None else model
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(self._parameter_groups(opt_model), **kwargs)
+        return super().create_optimizer(model)
+
+    def _parameter_groups(self, model) -> list[dict]:
+        """Head/body × decay/no-decay groups, each with its own learning rate and weight decay."""
+        head, decay = head_parameter_ids(model), set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                groups.setdefault((id(p) in head, name in decay), []).append(p)
+        return [
+            {
+                "params": params,
+                "lr": self.head_learning_rate if is_head else self.args.learning_rate,
+                "weight_decay": self.args.weight_decay if decays else 0.0,
+            }
+            for (is_head, decays), params in groups.items()
+        ]

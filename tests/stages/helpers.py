@@ -1,0 +1,27 @@
+"""Run a stage module as a user would (a subprocess), for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def stage_cmd(stage: str, recipe: str, **overrides) -> list[str]:
+    cmd = [sys.executable, "-m", f"alignment.{stage}", recipe]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", json.dumps(value) if isinstance(value, (list, bool)) else str(value)]
+    return cmd
+
+
+def run_stage(stage: str, recipe: str, timeout: int = 900, **overrides) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(stage_cmd(stage, recipe, **overrides), cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
