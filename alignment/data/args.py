@@ -77,7 +77,9 @@ class DataArguments:
             "Default: sorted unique labels (non-negative integer labels are kept as ids)."
         },
     )
-    strip_html: bool = field(default=False, metadata={"help": "Remove HTML tags (<br> becomes a line break) and unescape entities."})
+    strip_html: bool = field(
+        default=False, metadata={"help": "Remove HTML tags (<br> becomes a line break) and unescape entities."}
+    )
     normalize_whitespace: bool = field(
         default=False,
         metadata={
@@ -105,12 +107,16 @@ class DataArguments:
         default=None, metadata={"help": "Remove rows with more characters of text (for pairs: prompt + longer reply)."}
     )
     validation_split: float = field(
-        default=0.0, metadata={"help": "Fraction of the training rows held out for validation (stratified for classification)."}
+        default=0.0,
+        metadata={"help": "Fraction of the training rows held out for validation (stratified for classification)."},
     )
     test_split: float = field(default=0.0, metadata={"help": "Fraction of the training rows held out for testing."})
-    split_seed: int = field(default=42, metadata={"help": "Seed for the splits, mixture sampling, balancing and max_samples."})
+    split_seed: int = field(
+        default=42, metadata={"help": "Seed for the splits, mixture sampling, balancing and max_samples."}
+    )
     max_samples: int | None = field(
-        default=None, metadata={"help": "Keep at most this many training rows (sampled with split_seed), for quick runs."}
+        default=None,
+        metadata={"help": "Keep at most this many training rows (sampled with split_seed), for quick runs."},
     )
     on_bad_rows: Literal["error", "skip"] = field(
         default="error",

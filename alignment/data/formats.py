@@ -97,7 +97,8 @@ def normalise_row(row: dict, spec: RowSpec) -> list[dict]:
 def row_shape(data: dict) -> tuple[tuple[str, str], ...]:
     """The columns of a normalised row and their kinds, which all rows of a dataset must share.
     An optional margin is left out: load_data fills in missing margins."""
-    return tuple((name, "label" if name == "label" else _kind(value)) for name, value in data.items() if name != "margin")
+    kinds = {name: "label" if name == "label" else _kind(value) for name, value in data.items() if name != "margin"}
+    return tuple(kinds.items())
 
 
 def describe_shape(shape: tuple[tuple[str, str], ...]) -> str:
@@ -317,7 +318,8 @@ def _margin(view: RowView) -> float | None:
 def _pair(prompt, chosen, rejected, margin: float | None = None, identical: str = "chosen and rejected are identical"):
     """A preference row; when any part is conversational, all parts are (strings become single turns)."""
     if any(isinstance(part, list) for part in (prompt, chosen, rejected)):
-        prompt, chosen, rejected = _as_turns(prompt, "user"), _as_turns(chosen, "assistant"), _as_turns(rejected, "assistant")
+        prompt = _as_turns(prompt, "user")
+        chosen, rejected = _as_turns(chosen, "assistant"), _as_turns(rejected, "assistant")
     if chosen == rejected:
         raise BadRow(identical)
     pair = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
@@ -364,7 +366,8 @@ def _split_conversations(chosen: list[dict], rejected: list[dict]) -> tuple[list
 
 
 def _prompt_of(view: RowView, spec: RowSpec) -> str | list[dict]:
-    """The prompt a row offers: its prompt column, an HH transcript's prompt, a text, or a conversation's first user turn."""
+    """The prompt a row offers: its prompt column, an HH transcript's prompt, a text, or a conversation's
+    first user turn."""
     if spec.format == "text":
         return view.string("text")
     if spec.format in ("messages", "alpaca"):

@@ -44,7 +44,8 @@ from alignment.errors import DataError, RecipeError
 
 HELD_OUT = ("validation", "test")
 ENTRY_ALIASES = {"format": "data_format", "config": "dataset_config"}
-ENTRY_KEYS = ("path", "weight", "rows", *ENTRY_ALIASES, *SOURCE_FIELDS)
+ENTRY_OWN_KEYS = ("path", "weight", "rows")  # the other entry keys override top-level keys
+ENTRY_KEYS = (*ENTRY_OWN_KEYS, *ENTRY_ALIASES, *SOURCE_FIELDS)
 SHOWN_LOCATIONS = 3
 
 
@@ -102,7 +103,7 @@ def load_data(args: DataArguments, task: str) -> PreparedData:
 
 def _check_args(args: DataArguments, task: str) -> None:
     if (args.dataset_path is None) == (args.datasets is None):
-        raise RecipeError("set either dataset_path (one source) or datasets (a mixture of sources), not both or neither")
+        raise RecipeError("set either dataset_path (one source) or datasets (a mixture), not both or neither")
     _check_format(args.data_format, task, "data_format")
     for key in ("validation_split", "test_split"):
         if not 0 <= getattr(args, key) < 1:
@@ -127,7 +128,8 @@ def _check_format(data_format: str, task: str, key: str) -> None:
         known = data_format in FORMAT_COLUMNS
         raise RecipeError(
             f"{key}: {'format' if known else 'unknown format'} '{data_format}' "
-            f"{'cannot be used for' if known else 'for'} task '{task}' (expected auto or one of: {', '.join(TASK_FORMATS[task])})"
+            f"{'cannot be used for' if known else 'for'} task '{task}' "
+            f"(expected auto or one of: {', '.join(TASK_FORMATS[task])})"
         )
 
 
@@ -159,7 +161,7 @@ def _entry(args: DataArguments, task: str, item: object, where: str) -> _Entry:
         raise RecipeError(f"{where}: weight must be a positive number, got {weight!r}")
     if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
         raise RecipeError(f"{where}: rows must be a positive integer, got {rows!r}")
-    overrides = {ENTRY_ALIASES.get(key, key): value for key, value in item.items() if key not in ("path", "weight", "rows")}
+    overrides = {ENTRY_ALIASES.get(key, key): value for key, value in item.items() if key not in ENTRY_OWN_KEYS}
     for key, value in overrides.items():
         expected = bool if key == "csv_quoting" else str
         if not isinstance(value, expected) and not (key == "dataset_config" and value is None):
@@ -191,10 +193,13 @@ def _read_source(args: DataArguments, run: _Run, entry: int) -> dict[str, list[R
     split_of = {name: SPLIT_NAMES.get(name) for name in sources}
     ignored = [name for name, split in split_of.items() if split is None]
     if ignored:
-        run.report.append(f"{path}: ignored split(s) {', '.join(ignored)} (used: train, validation/valid/val/dev, test)")
+        used = "train, validation/valid/val/dev, test"
+        run.report.append(f"{path}: ignored split(s) {', '.join(ignored)} (used: {used})")
     used = [split for split in split_of.values() if split is not None]
     if "train" not in used or len(set(used)) != len(used):
-        raise DataError(f"{path}: needs one train split and at most one validation and test split, has {', '.join(sources)}")
+        raise DataError(
+            f"{path}: needs one train split and at most one validation and test split, has {', '.join(sources)}"
+        )
     return {split: _read_split(sources[name], args, run, entry, split) for name, split in split_of.items() if split}
 
 
@@ -298,7 +303,8 @@ def _prepare_rows(splits: dict[str, list[Row]], args: DataArguments, run: _Run) 
         _remove(splits, "drop_duplicates", lambda split, row: _first_time((split, duplicate_key(row)), seen), run)
     if args.min_chars is not None or args.max_chars is not None:
         low, high = args.min_chars or 0, args.max_chars if args.max_chars is not None else float("inf")
-        bounds = ", ".join(f"{key}={getattr(args, key)}" for key in ("min_chars", "max_chars") if getattr(args, key) is not None)
+        limits = {"min_chars": args.min_chars, "max_chars": args.max_chars}
+        bounds = ", ".join(f"{key}={value}" for key, value in limits.items() if value is not None)
         _remove(splits, f"length filter ({bounds})", lambda split, row: low <= text_length(row) <= high, run)
     run.report.extend(run.bad.report())
 
@@ -335,7 +341,8 @@ def _remove(splits: dict[str, list[Row]], step: str, keep: Callable[[str, Row], 
 
 def _per_split(counts: dict[str, int], totals: dict[str, int]) -> str:
     """'12 of 300 rows' for train alone, else '12 of 300 rows in train, 1 of 30 rows in validation'."""
-    parts = [f"{counts[split]} of {totals[split]} rows in {split}" for split in counts if split == "train" or totals[split]]
+    shown = [split for split in counts if split == "train" or totals[split]]
+    parts = [f"{counts[split]} of {totals[split]} rows in {split}" for split in shown]
     return parts[0].removesuffix(" in train") if len(parts) == 1 else ", ".join(parts)
 
 
@@ -376,7 +383,9 @@ def _split_by_ratio(splits: dict[str, list[Row]], args: DataArguments, task: str
     for name in HELD_OUT:
         ratio = getattr(args, f"{name}_split")
         if ratio and name in splits:
-            run.report.append(f"{name}_split {ratio:g} ignored: the {name} rows come from the data source or {name}_path")
+            run.report.append(
+                f"{name}_split {ratio:g} ignored: the {name} rows come from the data source or {name}_path"
+            )
         elif ratio:
             ratios[name] = ratio
     if ratios:
@@ -396,7 +405,9 @@ def _cap_train(splits: dict[str, list[Row]], max_samples: int | None, seed: int,
 def _datasets(splits: dict[str, list[Row]], names: list[str] | None, run: _Run) -> datasets.DatasetDict:
     if not splits["train"]:
         raise DataError("no training rows left after preparation. Report:\n" + "\n".join(run.report))
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)}) if names else None
+    features = None
+    if names:
+        features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
     train = datasets.Dataset.from_list([row.data for row in splits["train"]], features=features)
     result = datasets.DatasetDict({"train": train})
     for name in HELD_OUT:

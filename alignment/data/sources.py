@@ -170,7 +170,8 @@ def _csv_records(path: str, delimiter: str, quoting: bool) -> Iterator[tuple[int
         for fields in reader:
             number, next_line = next_line, reader.line_num + 1
             if fields:
-                yield number, _csv_row(header, fields, [bad_lines[n] for n in range(number, next_line) if n in bad_lines])
+                problems = [bad_lines[line] for line in range(number, next_line) if line in bad_lines]
+                yield number, _csv_row(header, fields, problems)
     except csv.Error as error:
         raise DataError(f"{path} line {reader.line_num}: not valid CSV: {error}") from error
 

@@ -1,4 +1,4 @@
-"""Preparation steps on normalised rows: text cleaning, emptiness, duplicates, length, sampling, balancing, splitting."""
+"""Preparation steps on normalised rows: cleaning, emptiness, duplicates, length, sampling, balancing, splitting."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def strip_html(text: str) -> str:
 def normalize_whitespace(text: str) -> str:
     """Inner runs of spaces become one space, line ends are stripped, at most one blank line in a row;
     leading indentation is kept and the text is stripped."""
-    lines = (INNER_SPACES.sub(" ", line.rstrip()) for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
-    return BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return BLANK_LINES.sub("\n\n", "\n".join(INNER_SPACES.sub(" ", line.rstrip()) for line in lines)).strip()
 
 
 CLEANERS: dict[str, Callable[[str], str]] = {
@@ -128,9 +128,8 @@ def split(
     groups = list(dict.fromkeys(row.group for row in rows))
     counts = {name: max(1, round(len(groups) * ratio)) for name, ratio in ratios.items()}
     if sum(counts.values()) >= len(groups):
-        raise DataError(
-            f"{len(groups)} training rows are too few to hold out {', '.join(f'{n} for {s}' for s, n in counts.items())}"
-        )
+        held_out = ", ".join(f"{count} for {name}" for name, count in counts.items())
+        raise DataError(f"{len(groups)} training rows (or groups of pairs) are too few to hold out {held_out}")
     labels = _group_labels(rows) if stratify else None
     assignment: dict = {}
     remaining = list(range(len(groups)))
