@@ -213,7 +213,7 @@ def _pick_split(sources: dict[str, Source], name: str, path: str) -> Source:
 def _read_split(source: Source, args: DataArguments, run: _Run, entry: int, split: str) -> list[Row]:
     """The normalised rows of one source split; bad rows go to run.bad, the outcome to the report."""
     rows: list[Row] = []
-    spec = shape = None
+    spec = shape = how = None
     records = 0
     for number, record in source.records:
         records += 1
@@ -222,7 +222,7 @@ def _read_split(source: Source, args: DataArguments, run: _Run, entry: int, spli
             if isinstance(record, BadRow):
                 raise record
             if spec is None:
-                spec = _row_spec(source, record, args, run)
+                spec, how = _row_spec(source, record, args, run)
             for data in normalise_row(record, spec):
                 shape = shape or row_shape(data)
                 if row_shape(data) != shape:
@@ -230,25 +230,27 @@ def _read_split(source: Source, args: DataArguments, run: _Run, entry: int, spli
                 rows.append(Row(data, source.name, where, (entry, split, number), entry, spec.columns))
         except BadRow as problem:
             run.bad.add(source.name, where, str(problem))
-    run.report.append(_read_line(split, source, spec, records, len(rows), args.data_format))
+    run.report.append(_read_line(split, source, spec, how, records, len(rows)))
     return rows
 
 
-def _row_spec(source: Source, first: dict, args: DataArguments, run: _Run) -> RowSpec:
-    columns = resolve_columns(column_map(args), set(first))
-    data_format = args.data_format
-    if data_format == "auto":
-        data_format = detect_format(source.name, set(first), columns, run.task)
-    run.source_label_names = run.source_label_names or source.class_names.get(columns["label"])
-    return RowSpec(data_format, run.task, columns)
-
-
-def _read_line(split: str, source: Source, spec: RowSpec | None, records: int, rows: int, data_format: str) -> str:
+def _read_line(split: str, source: Source, spec: RowSpec | None, how: str | None, records: int, rows: int) -> str:
     if spec is None:
         return f"{split}: no rows in {source.name}"
-    how = "set by data_format" if data_format != "auto" else "detected from the columns of the first row"
     counts = "".join(f"; {count} {event}" for event, count in spec.counts.items())
     return f"{split}: {rows} rows from {records} records of {source.name}, format {spec.format} ({how}){counts}"
+
+
+def _row_spec(source: Source, first: dict, args: DataArguments, run: _Run) -> tuple[RowSpec, str]:
+    """How to read a source, from its first row; and how its format was chosen, for the report."""
+    present = set(first)
+    columns = resolve_columns(column_map(args), present)
+    run.source_label_names = run.source_label_names or source.class_names.get(columns["label"])
+    if args.data_format != "auto":
+        return RowSpec(args.data_format, run.task, columns), "set by data_format"
+    data_format = detect_format(source.name, present, columns, run.task)
+    evidence = [columns[name] if columns[name] in present else columns["messages"] for name in FORMAT_COLUMNS[data_format]]
+    return RowSpec(data_format, run.task, columns), f"detected from columns {', '.join(evidence)}"
 
 
 def _check_schema(splits: dict[str, list[Row]], run: _Run) -> None:

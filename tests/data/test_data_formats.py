@@ -93,7 +93,9 @@ def test_alpaca_rows_become_messages(files, load, report_line):
         {"messages": [user("Translate.\n\nchat"), assistant("cat")]},
         {"messages": [user("Say hi."), assistant("hi")]},
     ]
-    assert "format alpaca (detected from the columns" in report_line(prepared, "train:")
+    assert report_line(prepared, "train:") == (
+        f"train: 2 rows from 2 records of {path}, format alpaca (detected from columns instruction, output)"
+    )
 
 
 # --- preference ---------------------------------------------------------------------------------------------------
@@ -124,17 +126,19 @@ def test_conversational_preference(files, load):
     ]
 
 
-def test_llamafactory_sharegpt_preference(files, load):
+def test_llamafactory_sharegpt_preference(files, load, report_line):
     path = files.json("dpo.json", [{
         "conversations": [{"from": "system", "value": "sys"}, {"from": "human", "value": "q"}],
         "chosen": {"from": "gpt", "value": "good"},
         "rejected": {"from": "gpt", "value": "bad"},
     }])
-    assert rows_of(load("preference", dataset_path=path)) == [{
+    prepared = load("preference", dataset_path=path)
+    assert rows_of(prepared) == [{
         "prompt": [{"role": "system", "content": "sys"}, user("q")],
         "chosen": [assistant("good")],
         "rejected": [assistant("bad")],
     }]
+    assert "format preference (detected from columns conversations, chosen, rejected)" in report_line(prepared, "train:")
 
 
 def test_hh_transcripts_split_into_shared_prompt_and_replies(files, load, report_line):
@@ -178,8 +182,9 @@ def test_ranking_expands_to_all_pairs_without_ties(files, load, report_line):
     assert {(pair["chosen"], pair["rejected"]) for pair in pairs if pair["prompt"] == "q2"} == {
         ("a", "c"), ("a", "d"), ("b", "c"), ("b", "d")
     }
-    assert report_line(prepared, "train:").endswith("format ranking (detected from the columns of the first row); "
-                                                    "5 tied pairs dropped")
+    assert report_line(prepared, "train:").endswith(
+        "format ranking (detected from columns prompt, completions, ranks); 5 tied pairs dropped"
+    )
 
 
 # --- prompts ------------------------------------------------------------------------------------------------------
