@@ -311,8 +311,9 @@ def _reply(value: object, column: str) -> str | list[dict]:
 
 
 def _margin(view: RowView) -> float | None:
-    """The row's margin; None when the column is absent or null (load_data then fills in 0.0, i.e. no margin)."""
-    return view.number("margin") if view.row.get(view.columns["margin"]) is not None else None
+    """The row's margin; None when the column is absent, null or an empty CSV cell (load_data then fills in 0.0,
+    i.e. no margin)."""
+    return None if view.row.get(view.columns["margin"]) in (None, "") else view.number("margin")
 
 
 def _pair(prompt, chosen, rejected, margin: float | None = None, identical: str = "chosen and rejected are identical"):

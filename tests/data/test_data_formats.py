@@ -114,6 +114,12 @@ def test_preference_strings_with_margins(files, load, report_line):
     assert report_line(prepared, "margin:") == f"margin: 0.0 (no margin) filled in for 1 rows of {path} without a margin"
 
 
+def test_empty_margin_cells_in_csv_mean_no_margin(files, load):
+    path = files.csv("p.csv", [{"prompt": "q", "chosen": "a", "rejected": "b", "margin": "1.5"},
+                               {"prompt": "q", "chosen": "c", "rejected": "d", "margin": ""}])
+    assert load("preference", dataset_path=path).splits["train"]["margin"] == [1.5, 0.0]
+
+
 def test_preference_without_margins_has_no_margin_column(files, load):
     path = files.jsonl("p.jsonl", [{"prompt": "q", "chosen": "good", "rejected": "bad"}])
     assert load("preference", dataset_path=path).splits["train"].column_names == ["prompt", "chosen", "rejected"]

@@ -90,6 +90,14 @@ def test_balance_down_and_up(files, load, report_line):
     assert set(up.splits["train"]["text"]) == {row["text"] for row in labelled(6, "pos") + labelled(2, "neg")}
 
 
+def test_balance_up_copies_stay_in_the_split_of_their_original(files, load):
+    path = files.jsonl("d.jsonl", labelled(30, "pos") + labelled(6, "neg"))
+    prepared = load("classification", dataset_path=path, balance="up", validation_split=0.25)
+    train, validation = (set(prepared.splits[name]["text"]) for name in ("train", "validation"))
+    assert not (train & validation)
+    assert len(prepared.splits["train"]) + len(prepared.splits["validation"]) == 60
+
+
 def test_balance_is_for_classification_only(files, load):
     path = files.jsonl("d.jsonl", [{"text": "a"}])
     with pytest.raises(RecipeError, match="balance: only for classification data, not for task 'sft'"):
