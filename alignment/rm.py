@@ -63,16 +63,16 @@ def tokenize_pairs(dataset, tokenizer, max_length: int, use_margin: bool):
 
 
 def evaluate_pairs(model, tokenizer, encoded, raw, batch_size: int) -> dict:
-    chosen = score_ids(model, tokenizer, encoded["chosen_ids"], batch_size)
-    rejected = score_ids(model, tokenizer, encoded["rejected_ids"], batch_size)
-    margins = raw["margin"] if "margin" in raw.column_names else None
+    chosen = score_ids(model, tokenizer, list(encoded["chosen_ids"]), batch_size)
+    rejected = score_ids(model, tokenizer, list(encoded["rejected_ids"]), batch_size)
+    margins = list(raw["margin"]) if "margin" in raw.column_names else None
     return preference_metrics(chosen, rejected, margins)
 
 
 def reward_stats(model, tokenizer, encoded, n: int, batch_size: int) -> dict[str, float]:
     """Mean/std of rewards over training responses (chosen and rejected), for PPO reward normalisation."""
     sub = encoded.select(range(min(n, len(encoded))))
-    rewards = np.asarray(score_ids(model, tokenizer, sub["chosen_ids"] + sub["rejected_ids"], batch_size))
+    rewards = np.asarray(score_ids(model, tokenizer, list(sub["chosen_ids"]) + list(sub["rejected_ids"]), batch_size))
     return {"mean": float(rewards.mean()), "std": float(rewards.std() + 1e-8), "n": int(rewards.size)}
 
 
