@@ -8,11 +8,13 @@ SQLAlchemy URL (e.g. ``postgresql://...``) works through the same Core statement
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import string
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+import threading
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from itertools import combinations
@@ -23,6 +25,8 @@ from sqlalchemy import (
     Connection,
     Engine,
     Row,
+    Select,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -144,7 +148,7 @@ def _make_engine(url_or_path: str | Path) -> Engine:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (see _on_begin)
         cursor = dbapi_conn.cursor()
-        for pragma in ("busy_timeout=60000", "journal_mode=WAL", "foreign_keys=ON"):
+        for pragma in ("busy_timeout=60000", "journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
@@ -153,6 +157,75 @@ def _make_engine(url_or_path: str | Path) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
     return engine
+
+
+@dataclass(frozen=True)
+class _TaskContent:
+    kind: str
+    prompt: str
+    texts: dict[int, str]  # candidate id -> text, canonical order
+
+
+@functools.cache
+def _eligible_tasks() -> Select:
+    """Task ids that user :user_id may be served at :now, best first.
+
+    Not judged by the user, and gold or not fully booked (judgements + others' live reservations <
+    needed); partly done tasks first so tasks complete early.
+    """
+    user_id, now = bindparam("user_id"), bindparam("now")
+    judged = select(judgements.c.task_id).where(judgements.c.user_id == user_id)
+    done = (
+        select(judgements.c.task_id, func.count().label("n"))
+        .where(judgements.c.skipped.is_(False))
+        .group_by(judgements.c.task_id)
+        .subquery()
+    )
+    held = (
+        select(reservations.c.task_id, func.count().label("n"))
+        .where(reservations.c.expires_at > now, reservations.c.user_id != user_id)
+        .group_by(reservations.c.task_id)
+        .subquery()
+    )
+    load = func.coalesce(done.c.n, 0) + func.coalesce(held.c.n, 0)
+    return (
+        select(tasks.c.id)
+        .outerjoin(done, done.c.task_id == tasks.c.id)
+        .outerjoin(held, held.c.task_id == tasks.c.id)
+        .where(tasks.c.id.not_in(judged), or_(tasks.c.is_gold, load < tasks.c.judgements_needed))
+        .order_by(load.desc(), tasks.c.id)
+    )
+
+
+@functools.cache
+def _first_eligible() -> Select:
+    return _eligible_tasks().where(tasks.c.is_gold == bindparam("gold")).limit(1)
+
+
+@functools.cache
+def _held_task() -> Select:
+    """The oldest live reservation of :user_id on a task they have not judged."""
+    user_id = bindparam("user_id")
+    return (
+        select(reservations.c.task_id)
+        .where(
+            reservations.c.user_id == user_id,
+            reservations.c.expires_at > bindparam("now"),
+            reservations.c.task_id.not_in(select(judgements.c.task_id).where(judgements.c.user_id == user_id)),
+        )
+        .order_by(reservations.c.id)
+        .limit(1)
+    )
+
+
+_SQLITE_WRITE_LOCKS: dict[str, threading.Lock] = {}
+
+
+def _process_write_lock(engine: Engine) -> AbstractContextManager:
+    """One lock per SQLite file for this process's writers: threads queue here instead of SQLite's busy-sleep."""
+    if engine.dialect.name != "sqlite":
+        return nullcontext()
+    return _SQLITE_WRITE_LOCKS.setdefault(str(engine.url), threading.Lock())
 
 
 class AnnotationStore:
@@ -172,6 +245,9 @@ class AnnotationStore:
         self._rng = random.Random(self.settings.seed)
         self._where = str(url_or_path)
         self._engine = _make_engine(url_or_path)
+        self._write_lock = _process_write_lock(self._engine)
+        self._user_ids: dict[str, int] = {}
+        self._tasks: dict[int, _TaskContent] = {}
         with self._tx() as conn:
             self.upgraded_from = ensure_schema(conn, self._where)
 
@@ -182,7 +258,7 @@ class AnnotationStore:
 
     @contextmanager
     def _tx(self, write: bool = True) -> Iterator[Connection]:
-        with self._engine.connect() as conn:
+        with self._write_lock if write else nullcontext(), self._engine.connect() as conn:
             conn.execution_options(write=write)
             with conn.begin():
                 yield conn
@@ -190,11 +266,33 @@ class AnnotationStore:
     def _now(self) -> datetime:
         return _utc(self._clock())
 
-    def _user(self, conn: Connection, name: str) -> Row:
-        row = conn.execute(select(users).where(users.c.name == name)).first()
-        if row is None:
-            raise AccessDenied(f"{self._where}: no user named {name!r}")
-        return row
+    def _user_id(self, conn: Connection, name: str) -> int:
+        """The user's id (cached: users are never renumbered); AccessDenied for an unknown name."""
+        if name not in self._user_ids:
+            found = conn.scalar(select(users.c.id).where(users.c.name == name))
+            if found is None:
+                raise AccessDenied(f"{self._where}: no user named {name!r}")
+            self._user_ids[name] = found
+        return self._user_ids[name]
+
+    def _task(self, conn: Connection, task_id: int) -> _TaskContent:
+        """A task's kind, prompt and candidate texts in canonical order (cached: tasks never change)."""
+        if task_id not in self._tasks:
+            task = conn.execute(
+                select(tasks.c.kind, prompts.c.text)
+                .join(prompts, prompts.c.id == tasks.c.prompt_id)
+                .where(tasks.c.id == task_id)
+            ).first()
+            if task is None:
+                raise DataError(f"{self._where}: no task with id {task_id}")
+            texts = conn.execute(
+                select(candidates.c.id, candidates.c.text)
+                .join(task_candidates, task_candidates.c.candidate_id == candidates.c.id)
+                .where(task_candidates.c.task_id == task_id)
+                .order_by(task_candidates.c.position)
+            )
+            self._tasks[task_id] = _TaskContent(task.kind, task.text, dict(texts.all()))
+        return self._tasks[task_id]
 
     def role(self, name: str) -> str | None:
         """The user's role ("rater" | "admin"), or None when there is no such user."""
@@ -386,30 +484,6 @@ class AnnotationStore:
 
     # ---------------------------------------------------------------- queue
 
-    def _eligible(self, user_id: int, now: datetime) -> Any:
-        """Tasks this user may be served: not judged by them, and (gold or not yet fully booked)."""
-        judged = select(judgements.c.task_id).where(judgements.c.user_id == user_id)
-        done = (
-            select(judgements.c.task_id, func.count().label("n"))
-            .where(judgements.c.skipped.is_(False))
-            .group_by(judgements.c.task_id)
-            .subquery()
-        )
-        held = (
-            select(reservations.c.task_id, func.count().label("n"))
-            .where(reservations.c.expires_at > now, reservations.c.user_id != user_id)
-            .group_by(reservations.c.task_id)
-            .subquery()
-        )
-        load = func.coalesce(done.c.n, 0) + func.coalesce(held.c.n, 0)
-        return (
-            select(tasks.c.id)
-            .outerjoin(done, done.c.task_id == tasks.c.id)
-            .outerjoin(held, held.c.task_id == tasks.c.id)
-            .where(tasks.c.id.not_in(judged), or_(tasks.c.is_gold, load < tasks.c.judgements_needed))
-            .order_by(load.desc(), tasks.c.id)
-        )
-
     def next_task(self, rater: str) -> TaskView | None:
         """Reserve and return the rater's next task, or None when nothing is left for them.
 
@@ -418,29 +492,19 @@ class AnnotationStore:
         partly done tasks are filled first; a gold task is served with probability ``gold_rate``.
         """
         with self._tx() as conn:
-            user = self._user(conn, rater)
-            now = self._now()
-            held = conn.scalar(
-                select(reservations.c.task_id)
-                .where(
-                    reservations.c.user_id == user.id,
-                    reservations.c.expires_at > now,
-                    reservations.c.task_id.not_in(select(judgements.c.task_id).where(judgements.c.user_id == user.id)),
-                )
-                .order_by(reservations.c.id)
-                .limit(1)
-            )
-            task_id = held if held is not None else self._pick(conn, user.id, now)
+            params = {"user_id": self._user_id(conn, rater), "now": self._now()}
+            task_id = conn.scalar(_held_task(), params)
+            if task_id is None:
+                task_id = self._pick(conn, params)
             if task_id is None:
                 return None
-            expires = self._reserve(conn, task_id, user.id, now)
-            return self._view(conn, task_id, user.id, expires)
+            expires = self._reserve(conn, task_id, params["user_id"], params["now"])
+            return self._view(conn, task_id, params["user_id"], expires)
 
-    def _pick(self, conn: Connection, user_id: int, now: datetime) -> int | None:
-        eligible = self._eligible(user_id, now)
+    def _pick(self, conn: Connection, params: dict[str, Any]) -> int | None:
         want_gold = self._rng.random() < self.settings.gold_rate
         for gold in (want_gold, not want_gold):
-            found = conn.scalar(eligible.where(tasks.c.is_gold.is_(gold)).limit(1))
+            found = conn.scalar(_first_eligible(), params | {"gold": gold})
             if found is not None:
                 return found
         return None
@@ -457,28 +521,16 @@ class AnnotationStore:
         random.Random(f"{self.settings.seed}:{task_id}:{user_id}").shuffle(order)
         return order
 
-    def _task_candidates(self, conn: Connection, task_id: int) -> dict[int, str]:
-        rows = conn.execute(
-            select(candidates.c.id, candidates.c.text)
-            .join(task_candidates, task_candidates.c.candidate_id == candidates.c.id)
-            .where(task_candidates.c.task_id == task_id)
-            .order_by(task_candidates.c.position)
-        )
-        return dict(rows.all())
-
     def _view(
         self, conn: Connection, task_id: int, user_id: int, expires: datetime | None, previous: Row | None = None
     ) -> TaskView:
-        task = conn.execute(
-            select(tasks.c.kind, prompts.c.text).join(prompts, prompts.c.id == tasks.c.prompt_id).where(tasks.c.id == task_id)
-        ).one()
-        texts = self._task_candidates(conn, task_id)
-        order = self._shown_order(task_id, user_id, list(texts))
+        task = self._task(conn, task_id)
+        order = self._shown_order(task_id, user_id, list(task.texts))
         return TaskView(
             task_id=task_id,
             kind=task.kind,
-            prompt=task.text,
-            candidates=[CandidateView(cid, string.ascii_uppercase[i], texts[cid]) for i, cid in enumerate(order)],
+            prompt=task.prompt,
+            candidates=[CandidateView(cid, string.ascii_uppercase[i], task.texts[cid]) for i, cid in enumerate(order)],
             expires_at=expires.isoformat() if expires else None,
             previous=self._previous(previous, order) if previous is not None else None,
         )
@@ -499,18 +551,18 @@ class AnnotationStore:
     def task_view(self, rater: str, task_id: int) -> TaskView:
         """A task the rater holds or has judged (with their answer in ``previous``), e.g. to edit it."""
         with self._tx(write=False) as conn:
-            user = self._user(conn, rater)
+            user_id = self._user_id(conn, rater)
             mine = conn.execute(
-                select(judgements).where(judgements.c.task_id == task_id, judgements.c.user_id == user.id)
+                select(judgements).where(judgements.c.task_id == task_id, judgements.c.user_id == user_id)
             ).first()
             expires = conn.scalar(
                 select(reservations.c.expires_at).where(
-                    reservations.c.task_id == task_id, reservations.c.user_id == user.id
+                    reservations.c.task_id == task_id, reservations.c.user_id == user_id
                 )
             )
             if mine is None and expires is None:
                 raise AccessDenied(f"task {task_id} is not assigned to {rater!r}")
-            return self._view(conn, task_id, user.id, expires, mine)
+            return self._view(conn, task_id, user_id, expires, mine)
 
     # ---------------------------------------------------------------- judgements
 
@@ -556,36 +608,34 @@ class AnnotationStore:
         self, rater: str, task_id: int, submission_id: str, answer: dict, rationale: str, flags: set[str], seconds: float
     ) -> int:
         with self._tx() as conn:
-            user = self._user(conn, rater)
+            user_id = self._user_id(conn, rater)
             found = self._existing_submission(conn, submission_id, rater, task_id)
             if found is not None:
                 return found
-            kind = conn.scalar(select(tasks.c.kind).where(tasks.c.id == task_id))
-            if kind is None:
-                raise DataError(f"no task with id {task_id}")
-            order = self._shown_order(task_id, user.id, list(self._task_candidates(conn, task_id)))
+            task = self._task(conn, task_id)
+            order = self._shown_order(task_id, user_id, list(task.texts))
             now = self._now()
             values = {
                 "submission_id": submission_id,
                 "shown_order": order,
-                **self._answer_columns(task_id, kind, order, **answer),
+                **self._answer_columns(task_id, task.kind, order, **answer),
                 "rationale": rationale or "",
                 **{f"flag_{f}": f in flags for f in FLAGS},
                 "seconds": max(seconds, 0.0),
                 "updated_at": now,
             }
             mine = conn.execute(
-                select(judgements).where(judgements.c.task_id == task_id, judgements.c.user_id == user.id)
+                select(judgements).where(judgements.c.task_id == task_id, judgements.c.user_id == user_id)
             ).first()
             if mine is not None:
                 self._record_history(conn, mine, "edit", now)
                 conn.execute(update(judgements).where(judgements.c.id == mine.id).values(**values))
                 return mine.id
-            held = reservations.c.task_id == task_id, reservations.c.user_id == user.id
+            held = reservations.c.task_id == task_id, reservations.c.user_id == user_id
             if conn.scalar(select(reservations.c.id).where(*held)) is None:
                 raise AccessDenied(f"task {task_id} was not served to {rater!r}; call next_task first")
             conn.execute(delete(reservations).where(*held))
-            values |= {"task_id": task_id, "user_id": user.id, "created_at": now}
+            values |= {"task_id": task_id, "user_id": user_id, "created_at": now}
             return conn.execute(insert(judgements).values(**values)).inserted_primary_key[0]
 
     def _existing_submission(self, conn: Connection, submission_id: str, rater: str, task_id: int) -> int | None:
@@ -652,27 +702,27 @@ class AnnotationStore:
         Returns the task with the withdrawn answer in ``previous``, or None when there is nothing to undo.
         """
         with self._tx() as conn:
-            user = self._user(conn, rater)
+            user_id = self._user_id(conn, rater)
             last = conn.execute(
-                select(judgements).where(judgements.c.user_id == user.id).order_by(judgements.c.id.desc()).limit(1)
+                select(judgements).where(judgements.c.user_id == user_id).order_by(judgements.c.id.desc()).limit(1)
             ).first()
             if last is None:
                 return None
             now = self._now()
             self._record_history(conn, last, "undo", now)
             conn.execute(delete(judgements).where(judgements.c.id == last.id))
-            expires = self._reserve(conn, last.task_id, user.id, now)
-            return self._view(conn, last.task_id, user.id, expires, last)
+            expires = self._reserve(conn, last.task_id, user_id, now)
+            return self._view(conn, last.task_id, user_id, expires, last)
 
     def judgements(self, rater: str) -> list[dict[str, Any]]:
         """The rater's own current judgements, newest first, answers in the order the rater saw them."""
         with self._tx(write=False) as conn:
-            user = self._user(conn, rater)
+            user_id = self._user_id(conn, rater)
             rows = conn.execute(
                 select(judgements, tasks.c.kind, prompts.c.text.label("prompt"))
                 .join(tasks, tasks.c.id == judgements.c.task_id)
                 .join(prompts, prompts.c.id == tasks.c.prompt_id)
-                .where(judgements.c.user_id == user.id)
+                .where(judgements.c.user_id == user_id)
                 .order_by(judgements.c.id.desc())
             ).all()
         return [
@@ -704,9 +754,10 @@ class AnnotationStore:
         with self._tx(write=False) as conn:
             now = self._now()
             if rater is not None:
-                user = self._user(conn, rater)
-                done = conn.scalar(select(func.count()).where(judgements.c.user_id == user.id))
-                remaining = conn.scalar(select(func.count()).select_from(self._eligible(user.id, now).subquery()))
+                user_id = self._user_id(conn, rater)
+                done = conn.scalar(select(func.count()).where(judgements.c.user_id == user_id))
+                eligible = select(func.count()).select_from(_eligible_tasks().subquery())
+                remaining = conn.scalar(eligible, {"user_id": user_id, "now": now})
                 return {"rater": rater, "done": done, "remaining": remaining, "total": done + remaining}
             return self._overall_progress(conn)
 
