@@ -30,15 +30,19 @@ class DataArguments:
         default=None, metadata={"help": "Hub dataset configuration (subset) name; only for hub ids."}
     )
     validation_path: str | None = field(
-        default=None, metadata={"help": "Validation data file or folder; wins over validation_split."}
+        default=None,
+        metadata={"help": "Validation data file or folder (read with the top-level keys); wins over validation_split."},
     )
-    test_path: str | None = field(default=None, metadata={"help": "Test data file or folder; wins over test_split."})
+    test_path: str | None = field(
+        default=None, metadata={"help": "Test data file or folder (read with the top-level keys); wins over test_split."}
+    )
     datasets: list[dict] | None = field(
         default=None,
         metadata={
-            "help": "Mixture instead of dataset_path: a list of {path, format, weight | rows, <any *_column>, "
+            "help": "Mixture instead of dataset_path: a list of {path, split, format, weight | rows, <any *_column>, "
             "csv_quoting, dataset_config}. weight: fraction of the mixed training rows; rows: a row count "
-            "(rows are repeated when the source has fewer); neither: all rows. Entry keys override the top-level keys."
+            "(rows are repeated when the source has fewer); neither: all rows. split: train (default), or "
+            "validation/test for a held-out source with its own columns. Entry keys override the top-level keys."
         },
     )
     data_format: DataFormat = field(

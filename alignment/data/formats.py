@@ -80,6 +80,7 @@ def detect_format(source: str, present: set[str], columns: dict[str, str], task:
 
 
 def _with_prompt_fallback(normalised: set[str]) -> set[str]:
+    """Preference rows without a prompt column (ShareGPT) take their prompt from the conversation."""
     return normalised | {"prompt"} if "messages" in normalised and "chosen" in normalised else normalised
 
 

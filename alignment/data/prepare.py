@@ -42,9 +42,10 @@ from alignment.data.steps import (
 from alignment.data.steps import split as split_rows
 from alignment.errors import DataError, RecipeError
 
-HELD_OUT = ("validation", "test")
+SPLITS = ("train", "validation", "test")
+HELD_OUT = SPLITS[1:]
 ENTRY_ALIASES = {"format": "data_format", "config": "dataset_config"}
-ENTRY_OWN_KEYS = ("path", "weight", "rows")  # the other entry keys override top-level keys
+ENTRY_OWN_KEYS = ("path", "split", "weight", "rows")  # the other entry keys override top-level keys
 ENTRY_KEYS = (*ENTRY_OWN_KEYS, *ENTRY_ALIASES, *SOURCE_FIELDS)
 SHOWN_LOCATIONS = 3
 
@@ -60,9 +61,11 @@ class PreparedData:
 
 @dataclass
 class _Entry:
-    """One training source: its own reading settings and its share of a mixture."""
+    """One source: its own reading settings, the split it feeds and its share of the training mixture."""
 
     args: DataArguments
+    index: int = 0  # position in the datasets list; rows remember it
+    split: str = "train"
     weight: float | None = None
     rows: int | None = None
 
@@ -138,9 +141,12 @@ def _entries(args: DataArguments, task: str) -> list[_Entry]:
         return [_Entry(args)]
     if not isinstance(args.datasets, list) or not args.datasets:
         raise RecipeError("datasets: must be a non-empty list of {path: ..., weight | rows: ...} entries")
-    entries = [_entry(args, task, item, f"datasets entry {index}") for index, item in enumerate(args.datasets, 1)]
-    weights = [entry.weight for entry in entries if entry.weight is not None]
-    if weights and len(weights) < len(entries) and sum(weights) >= 1:
+    entries = [_entry(args, task, item, index) for index, item in enumerate(args.datasets)]
+    training = [entry for entry in entries if entry.split == "train"]
+    if not training:
+        raise RecipeError("datasets: no entry feeds the train split")
+    weights = [entry.weight for entry in training if entry.weight is not None]
+    if weights and len(weights) < len(training) and sum(weights) >= 1:
         raise RecipeError(
             "datasets: the weights must sum to less than 1 when other entries give rows (or all their rows), "
             f"got {sum(weights):g}"
@@ -148,19 +154,19 @@ def _entries(args: DataArguments, task: str) -> list[_Entry]:
     return entries
 
 
-def _entry(args: DataArguments, task: str, item: object, where: str) -> _Entry:
+def _entry(args: DataArguments, task: str, item: object, index: int) -> _Entry:
+    where = f"datasets entry {index + 1}"
     if not isinstance(item, dict) or not isinstance(item.get("path"), str):
         raise RecipeError(f"{where}: must be a mapping with a 'path' (a file, folder or hub id), got {item!r}")
     unknown = sorted(set(item) - set(ENTRY_KEYS))
     if unknown:
         raise RecipeError(f"{where}: unknown key(s) {', '.join(unknown)} (expected: {', '.join(ENTRY_KEYS)})")
-    weight, rows = item.get("weight"), item.get("rows")
-    if weight is not None and rows is not None:
-        raise RecipeError(f"{where}: give weight or rows, not both")
-    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0):
-        raise RecipeError(f"{where}: weight must be a positive number, got {weight!r}")
-    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
-        raise RecipeError(f"{where}: rows must be a positive integer, got {rows!r}")
+    split, weight, rows = item.get("split", "train"), item.get("weight"), item.get("rows")
+    if split not in SPLITS:
+        raise RecipeError(f"{where}: split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if (weight is not None or rows is not None) and split != "train":
+        raise RecipeError(f"{where}: weight and rows sample training rows; a {split} entry is used whole")
+    _check_share(weight, rows, where)
     overrides = {ENTRY_ALIASES.get(key, key): value for key, value in item.items() if key not in ENTRY_OWN_KEYS}
     for key, value in overrides.items():
         expected = bool if key == "csv_quoting" else str
@@ -168,23 +174,46 @@ def _entry(args: DataArguments, task: str, item: object, where: str) -> _Entry:
             raise RecipeError(f"{where}: {key} must be a {expected.__name__}, got {value!r}")
     entry_args = replace(args, dataset_path=item["path"], datasets=None, **overrides)
     _check_format(entry_args.data_format, task, f"{where}: format")
-    return _Entry(entry_args, None if weight is None else float(weight), rows)
+    return _Entry(entry_args, index, split, None if weight is None else float(weight), rows)
+
+
+def _check_share(weight: object, rows: object, where: str) -> None:
+    if weight is not None and rows is not None:
+        raise RecipeError(f"{where}: give weight or rows, not both")
+    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0):
+        raise RecipeError(f"{where}: weight must be a positive number, got {weight!r}")
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+        raise RecipeError(f"{where}: rows must be a positive integer, got {rows!r}")
 
 
 def _read_all(args: DataArguments, entries: list[_Entry], run: _Run) -> dict[str, list[Row]]:
-    """Rows of every split: the entries' own splits, then explicit validation_path/test_path files."""
+    """Rows of every split: training entries with their own splits, held-out entries, then validation_path and
+    test_path, which replace whatever the entries gave for their split."""
     splits: dict[str, list[Row]] = {"train": []}
-    for index, entry in enumerate(entries):
-        for name, rows in _read_source(entry.args, run, index).items():
+    for entry in entries:
+        if entry.split == "train":
+            parts = _read_source(entry.args, run, entry.index)
+        else:
+            parts = {entry.split: _read_held_out(entry.args, entry.split, run, entry.index)}
+        for name, rows in parts.items():
             splits.setdefault(name, []).extend(rows)
     for name in HELD_OUT:
         path = getattr(args, f"{name}_path")
         if path is not None:
             if name in splits:
-                run.report.append(f"{name}: {name}_path {path} replaces the {name} split of the training source")
-            source = _pick_split(open_source(path, args.csv_quoting, args.dataset_config), name, path)
-            splits[name] = _read_split(source, args, run, len(entries), name)
+                run.report.append(f"{name}: {name}_path {path} replaces the {name} rows of the datasets")
+            splits[name] = _read_held_out(replace(args, dataset_path=path), name, run, len(entries))
     return splits
+
+
+def _read_held_out(args: DataArguments, split: str, run: _Run, entry: int) -> list[Row]:
+    """The rows of a validation or test source: its split of that name, or its only split."""
+    path = args.dataset_path
+    sources = open_source(path, args.csv_quoting, args.dataset_config)
+    matching = [source for name, source in sources.items() if SPLIT_NAMES.get(name) == split]
+    if not matching and len(sources) != 1:
+        raise DataError(f"{path}: has splits {', '.join(sources)}; none is a {split} split")
+    return _read_split((matching or list(sources.values()))[0], args, run, entry, split)
 
 
 def _read_source(args: DataArguments, run: _Run, entry: int) -> dict[str, list[Row]]:
@@ -201,13 +230,6 @@ def _read_source(args: DataArguments, run: _Run, entry: int) -> dict[str, list[R
             f"{path}: needs one train split and at most one validation and test split, has {', '.join(sources)}"
         )
     return {split: _read_split(sources[name], args, run, entry, split) for name, split in split_of.items() if split}
-
-
-def _pick_split(sources: dict[str, Source], name: str, path: str) -> Source:
-    matching = [source for split, source in sources.items() if SPLIT_NAMES.get(split) == name]
-    if matching or len(sources) == 1:
-        return (matching or list(sources.values()))[0]
-    raise DataError(f"{path}: has splits {', '.join(sources)}; none is a {name} split")
 
 
 def _read_split(source: Source, args: DataArguments, run: _Run, entry: int, split: str) -> list[Row]:
@@ -350,13 +372,16 @@ def _per_split(counts: dict[str, int], totals: dict[str, int]) -> str:
 
 def _mix(rows: list[Row], entries: list[_Entry], seed: int, run: _Run) -> list[Row]:
     """The training rows sampled per entry by weight or rows (see _mixture_counts), reproducibly for the seed."""
-    parts = [[row for row in rows if row.entry == index] for index in range(len(entries))]
+    entries = [entry for entry in entries if entry.split == "train"]
+    parts = [[row for row in rows if row.entry == entry.index] for entry in entries]
     counts = _mixture_counts([len(part) for part in parts], entries)
     mixed, described = [], []
-    for index, (entry, part, count) in enumerate(zip(entries, parts, counts)):
+    for entry, part, count in zip(entries, parts, counts):
         if not part and (count or entry.weight):
-            raise DataError(f"datasets entry {index + 1} ({entry.args.dataset_path}): no training rows left to sample")
-        mixed += sample(part, count, seeded(seed, f"mixture {index}"))
+            raise DataError(
+                f"datasets entry {entry.index + 1} ({entry.args.dataset_path}): no training rows left to sample"
+            )
+        mixed += sample(part, count, seeded(seed, f"mixture {entry.index}"))
         share = f"weight {entry.weight:g}" if entry.weight else f"rows {entry.rows}" if entry.rows else "all rows"
         repeated = ", repeated" if count > len(part) else ""
         described.append(f"{count} of {len(part)} rows from {entry.args.dataset_path} ({share}{repeated})")

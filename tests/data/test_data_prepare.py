@@ -207,6 +207,19 @@ def test_mixture_entries_have_their_own_format_and_columns(files, load):
     assert prepared.splits["train"].to_list() == [{"text": "fine", "label": 1}, {"text": "bad", "label": 0}]
 
 
+def test_held_out_entries_bring_their_own_columns(files, load, report_line):
+    train = files.csv("train.tsv", [{"label": "0", "sentence": "dull"}, {"label": "1", "sentence": "fun"}] * 5,
+                      delimiter="\t")
+    dev = files.csv("dev.tsv", [{"label": "1", "content": "lovely"}], delimiter="\t")
+    prepared = load("classification", csv_quoting=False, validation_split=0.5, datasets=[
+        {"path": train, "text_column": "sentence"},
+        {"path": dev, "text_column": "content", "split": "validation"},
+    ])
+    assert prepared.splits["validation"].to_list() == [{"text": "lovely", "label": 1}]
+    assert len(prepared.splits["train"]) == 10
+    assert report_line(prepared, "mixture:") == f"mixture: 10 rows: 10 of 10 rows from {train} (all rows)"
+
+
 def test_mixture_of_different_schemas_is_an_error(files, load):
     chat = files.jsonl("chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}])
     plain = files.jsonl("plain.jsonl", [{"text": "hello"}])
@@ -221,6 +234,8 @@ def test_mixture_of_different_schemas_is_an_error(files, load):
     ({"path": "a.jsonl", "rows": 0}, "datasets entry 1: rows must be a positive integer, got 0"),
     ({"weight": 1}, "datasets entry 1: must be a mapping with a 'path'"),
     ({"path": "a.jsonl", "format": "hh"}, "datasets entry 1: format: format 'hh' cannot be used for task 'sft'"),
+    ({"path": "a.jsonl", "split": "dev"}, "datasets entry 1: split must be one of train, validation, test"),
+    ({"path": "a.jsonl", "split": "test", "rows": 5}, "datasets entry 1: weight and rows sample training rows"),
 ])
 def test_invalid_mixture_entries(load, entry, message):
     with pytest.raises(RecipeError, match=message):
