@@ -34,7 +34,8 @@ class DataArguments:
         metadata={"help": "Validation data file or folder (read with the top-level keys); wins over validation_split."},
     )
     test_path: str | None = field(
-        default=None, metadata={"help": "Test data file or folder (read with the top-level keys); wins over test_split."}
+        default=None,
+        metadata={"help": "Test data file or folder (read with the top-level keys); wins over test_split."},
     )
     datasets: list[dict] | None = field(
         default=None,

@@ -98,16 +98,20 @@ def normalise_row(row: dict, spec: RowSpec) -> list[dict]:
 def row_shape(data: dict) -> tuple[tuple[str, str], ...]:
     """The columns of a normalised row and their kinds, which all rows of a dataset must share.
     An optional margin is left out: load_data fills in missing margins."""
-    kinds = {name: "label" if name == "label" else _kind(value) for name, value in data.items() if name != "margin"}
-    return tuple(kinds.items())
+    return tuple(
+        (name, "label" if name == "label" else _kind(value)) for name, value in data.items() if name != "margin"
+    )
 
 
 def describe_shape(shape: tuple[tuple[str, str], ...]) -> str:
     return ", ".join(f"{name} ({kind})" for name, kind in shape)
 
 
+KINDS = {str: "string", list: "messages", float: "number"}
+
+
 def _kind(value: object) -> str:
-    return {str: "string", list: "messages", float: "number"}.get(type(value), type_name(value))
+    return KINDS.get(type(value)) or type_name(value)
 
 
 def infer_label_names(labels: list[int | str]) -> list[str]:

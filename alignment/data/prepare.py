@@ -246,9 +246,10 @@ def _read_split(source: Source, args: DataArguments, run: _Run, entry: int, spli
             if spec is None:
                 spec, how = _row_spec(source, record, args, run)
             for data in normalise_row(record, spec):
-                shape = shape or row_shape(data)
-                if row_shape(data) != shape:
-                    raise BadRow(f"has {describe_shape(row_shape(data))} but earlier rows have {describe_shape(shape)}")
+                this_shape = row_shape(data)
+                shape = shape or this_shape
+                if this_shape != shape:
+                    raise BadRow(f"has {describe_shape(this_shape)} but earlier rows have {describe_shape(shape)}")
                 rows.append(Row(data, source.name, where, (entry, split, number), entry, spec.columns))
         except BadRow as problem:
             run.bad.add(source.name, where, str(problem))
@@ -271,7 +272,9 @@ def _row_spec(source: Source, first: dict, args: DataArguments, run: _Run) -> tu
     if args.data_format != "auto":
         return RowSpec(args.data_format, run.task, columns), "set by data_format"
     data_format = detect_format(source.name, present, columns, run.task)
-    evidence = [columns[name] if columns[name] in present else columns["messages"] for name in FORMAT_COLUMNS[data_format]]
+    evidence = [  # a preference prompt may come from the conversation column
+        columns[name] if columns[name] in present else columns["messages"] for name in FORMAT_COLUMNS[data_format]
+    ]
     return RowSpec(data_format, run.task, columns), f"detected from columns {', '.join(evidence)}"
 
 
