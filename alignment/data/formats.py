@@ -161,14 +161,9 @@ class RowView:
         return value
 
     def text_or_messages(self, name: str) -> str | list[dict]:
-        value = _decoded(self.get(name))
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (list, dict)):
-            return to_messages(value, self.columns[name])
-        raise BadRow(f"column '{self.columns[name]}' must be a string or a list of messages, got {type_name(value)}")
+        return text_or_messages(self.get(name), self.columns[name])
 
-    def list(self, name: str) -> list:
+    def sequence(self, name: str) -> list:
         value = _decoded(self.get(name))
         if not isinstance(value, list):
             raise BadRow(f"column '{self.columns[name]}' must be a list, got {type_name(value)}")
@@ -192,6 +187,19 @@ def _decoded(value: object) -> object:
         except json.JSONDecodeError:
             return value
     return value
+
+
+def text_or_messages(value: object, column: str) -> str | list[dict]:
+    """A string, or messages from a message list, one message, or either stored as JSON text."""
+    if isinstance(value, str):
+        decoded = _decoded(value)
+        is_messages = isinstance(decoded, dict) or (
+            isinstance(decoded, list) and decoded and all(isinstance(item, dict) for item in decoded)
+        )
+        return to_messages(decoded, column) if is_messages else value
+    if isinstance(value, (list, dict)):
+        return to_messages(value, column)
+    raise BadRow(f"column '{column}' must be a string or a list of messages, got {type_name(value)}")
 
 
 def to_messages(value: object, column: str) -> list[dict]:
@@ -287,7 +295,7 @@ def _hh(view: RowView, spec: RowSpec) -> list[dict]:
 
 def _ranking(view: RowView, spec: RowSpec) -> list[dict]:
     prompt = view.prompt()
-    completions, ranks = view.list("completions"), view.list("ranks")
+    completions, ranks = view.sequence("completions"), view.sequence("ranks")
     completions_column, ranks_column = view.columns["completions"], view.columns["ranks"]
     if len(ranks) != len(completions):
         raise BadRow(
@@ -295,7 +303,7 @@ def _ranking(view: RowView, spec: RowSpec) -> list[dict]:
         )
     if len(completions) < 2:
         raise BadRow(f"column '{completions_column}' needs at least 2 completions to rank, got {len(completions)}")
-    replies = [_reply(completion, f"{completions_column}[{index}]") for index, completion in enumerate(completions)]
+    replies = [text_or_messages(item, f"{completions_column}[{index}]") for index, item in enumerate(completions)]
     numbers = [to_number(rank, f"{ranks_column}[{index}]") for index, rank in enumerate(ranks)]
     pairs = []
     for i, j in combinations(range(len(replies)), 2):
@@ -306,13 +314,6 @@ def _ranking(view: RowView, spec: RowSpec) -> list[dict]:
         what = f"completions {better} and {worse} are identical but ranked differently"
         pairs.append(_pair(prompt, replies[better], replies[worse], abs(numbers[i] - numbers[j]), what))
     return pairs
-
-
-def _reply(value: object, column: str) -> str | list[dict]:
-    value = _decoded(value)
-    if isinstance(value, str):
-        return value
-    return to_messages(value, column)
 
 
 def _margin(view: RowView) -> float | None:

@@ -29,7 +29,7 @@ GZIP_SUFFIX = ".gz"
 SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
                "dev": "validation", "test": "test"}
 
-Records = Iterable[tuple[int, "dict | BadRow"]]
+Records = Iterable[tuple[int, dict | BadRow]]
 
 
 @dataclass

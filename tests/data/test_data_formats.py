@@ -83,6 +83,16 @@ def test_messages_stored_as_json_text_in_csv(files, load):
     assert rows_of(load("sft", dataset_path=path)) == [{"messages": [user("hi"), assistant("yo")]}]
 
 
+def test_text_that_only_looks_like_json_stays_text(files, load):
+    path = files.jsonl("p.jsonl", [{"prompt": "[3, 1, 2]", "completion": "[1, 2, 3]"}])
+    assert rows_of(load("sft", dataset_path=path)) == [{"prompt": "[3, 1, 2]", "completion": "[1, 2, 3]"}]
+
+
+def test_ranking_lists_stored_as_json_text_in_csv(files, load):
+    path = files.csv("r.csv", [{"prompt": "q", "completions": '["a", "b"]', "ranks": "[2, 1]"}])
+    assert rows_of(load("preference", dataset_path=path)) == [{"prompt": "q", "chosen": "b", "rejected": "a", "margin": 1.0}]
+
+
 def test_alpaca_rows_become_messages(files, load, report_line):
     path = files.jsonl("a.jsonl", [
         {"instruction": "Translate.", "input": "chat", "output": "cat"},
