@@ -1,0 +1,76 @@
+"""Sample candidates for human ranking: ``python -m alignment.candidates recipe.yaml [--key value ...]``.
+
+Prompts come through the data layer; K completions per prompt are sampled from each policy (an SFT run folder, a
+base model, an adapter) with the sampling settings recorded next to each candidate; prompts, candidates and
+ranking/pairwise tasks go into the annotation store. Re-running adds, never duplicates (content hashes).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+from alignment.annotations.store import AnnotationStore
+from alignment.config import parse_recipe
+from alignment.data import DataArguments, load_data
+from alignment.generation import SamplingArguments, generate
+from alignment.models import load_trained
+from alignment.run import stage_main
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CandidateArguments:
+    db: str = field(default="annotations.db", metadata={"help": "Store: a SQLite path or any SQLAlchemy URL."})
+    policies: list[str] = field(
+        default_factory=lambda: ["builtin:smollm2-135m-instruct"],
+        metadata={"help": "Models to sample from: run folders, builtin: names, paths or hub ids."},
+    )
+    task_kind: Literal["ranking", "pairwise"] = field(default="ranking", metadata={"help": "What raters are asked."})
+    k: int = field(default=4, metadata={"help": "Candidates shown per ranking task (2 for pairwise)."})
+    judgements_per_task: int = field(default=1, metadata={"help": "Distinct raters wanted per task."})
+    tasks_per_prompt: int = field(default=1, metadata={"help": "Tasks made per prompt."})
+
+
+def prompt_text(prompt) -> str:
+    """The store keeps prompts as text: a message list is shown as its turns."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+def sample_into_store(store: AnnotationStore, prompts: list, policies: list[str], sampling: SamplingArguments) -> int:
+    """Sample ``num_return_sequences`` completions per prompt from each policy into the store; return how many
+    candidates the store holds for these prompts afterwards."""
+    prompt_ids = [store.add_prompt(prompt_text(p)) for p in prompts]
+    total: set[int] = set()
+    for policy in policies:
+        model, tokenizer, _ = load_trained(policy, "causal")
+        outputs = generate(model, tokenizer, prompts, sampling, progress=True)
+        record = {"policy": policy, "sampling": sampling.as_record()}
+        for pid, completions in zip(prompt_ids, outputs):
+            items = [{"text": c["text"], **record} for c in completions if c["text"]]
+            total.update(store.add_candidates(pid, items))
+        del model
+    return len(total)
+
+
+@stage_main
+def main(argv: list[str]) -> None:
+    """usage: python -m alignment.candidates RECIPE.yaml [--key value ...]"""
+    args, data_args, sampling = parse_recipe(
+        argv, (CandidateArguments, DataArguments, SamplingArguments),
+        defaults={"num_return_sequences": 4, "temperature": 0.9},
+        check_paths=("dataset_path",),
+    )
+    prompts = list(load_data(data_args, "prompts").splits["train"]["prompt"])
+    store = AnnotationStore(args.db)
+    n = sample_into_store(store, prompts, args.policies, sampling)
+    new_tasks = store.create_tasks(args.task_kind, k=args.k, judgements_per_task=args.judgements_per_task, tasks_per_prompt=args.tasks_per_prompt)
+    print(f"{len(prompts)} prompts, {n} candidates in {args.db}; {len(new_tasks)} new {args.task_kind} tasks")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
