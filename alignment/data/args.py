@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import Literal, get_args
 
-TASKS = ("classification", "sft", "preference", "prompts")
+Task = Literal["classification", "sft", "preference", "prompts"]
+TASKS: tuple[str, ...] = get_args(Task)
 DataFormat = Literal[
     "auto", "classification", "text", "prompt", "prompt_completion", "messages", "alpaca", "preference", "hh", "ranking"
 ]

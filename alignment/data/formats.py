@@ -239,7 +239,7 @@ def to_number(value: object, column: str) -> float:
 
 
 def _classification(view: RowView, spec: RowSpec) -> list[dict]:
-    label = view.get("label")
+    text, label = view.string("text"), view.get("label")
     column = view.columns["label"]
     if isinstance(label, float) and label.is_integer():
         label = int(label)
@@ -249,7 +249,7 @@ def _classification(view: RowView, spec: RowSpec) -> list[dict]:
         label = label.strip()
         if not label:
             raise BadRow(f"column '{column}' is empty")
-    return [{"text": view.string("text"), "label": label}]
+    return [{"text": text, "label": label}]
 
 
 def _text(view: RowView, spec: RowSpec) -> list[dict]:

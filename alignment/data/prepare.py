@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import datasets
 
-from alignment.data.args import SOURCE_FIELDS, TASKS, DataArguments, column_map
+from alignment.data.args import SOURCE_FIELDS, TASKS, DataArguments, Task, column_map
 from alignment.data.formats import (
     FORMAT_COLUMNS,
     TASK_FORMATS,
@@ -80,7 +80,7 @@ class _Run:
     source_label_names: list[str] | None = None  # names of a ClassLabel label column in a datasets source
 
 
-def load_data(args: DataArguments, task: str) -> PreparedData:
+def load_data(args: DataArguments, task: Task) -> PreparedData:
     """Reads, normalises and prepares the data of a recipe for a task (classification, sft, preference, prompts).
 
     Raises RecipeError for invalid keys, DataError for unreadable sources and (with on_bad_rows: error) bad rows.
@@ -96,7 +96,7 @@ def load_data(args: DataArguments, task: str) -> PreparedData:
     _prepare_rows(splits, args, run)
     if args.datasets:
         splits["train"] = _mix(splits["train"], entries, args.split_seed, run)
-    if args.balance != "none":
+    if args.balance != "none" and splits["train"]:
         splits["train"], line = balance(splits["train"], args.balance, names, seeded(args.split_seed, "balance"))
         run.report.append(line)
     _split_by_ratio(splits, args, task, run)
