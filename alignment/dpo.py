@@ -34,6 +34,7 @@ DEFAULTS = {
     "lr_scheduler_type": "cosine",
     "warmup_steps": 0.05,
     "validation_split": 0.1,
+    "drop_empty": False,  # an empty chosen/rejected/prompt is a bad row, reported with its line
 }
 
 PLAIN_NAMES = {

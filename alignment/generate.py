@@ -24,7 +24,7 @@ class GenerateArguments:
     file: str | None = field(default=None, metadata={"help": "Prompts file (any format the data layer reads)."})
     out: str = field(default="generations.jsonl", metadata={"help": "Output JSONL."})
     prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt."})
-    max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
+    max_prompts: int | None = field(default=None, metadata={"help": "Use a seeded random sample of N prompts."})
 
 
 def read_prompts(path: str, prompt_column: str = "prompt", max_prompts: int | None = None) -> list:

@@ -3,18 +3,19 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from alignment.errors import ModelError
-from alignment.models import load_trained
+from alignment.models import load_trained, read_meta
 
 Prompt = str | list[dict[str, str]]
 Response = str | list[dict[str, str]]
@@ -123,3 +124,34 @@ def preference_metrics(chosen: list[float], rejected: list[float], margins: list
             groups["none" if m is None else f"{float(m):g}"].append(bool(c))
         metrics["accuracy_by_strength"] = {k: float(np.mean(v)) for k, v in sorted(groups.items())}
     return metrics
+
+
+RewardFn = Callable[[list[Prompt], list[str]], list[float]]
+
+
+def resolve_reward(spec: str) -> RewardFn:
+    """A reward function from a spec string — the one way every stage names a reward:
+
+    * ``RUN_DIR`` of a reward model (``alignment.rm``) → its scalar score;
+    * ``RUN_DIR#LABEL`` of a classifier (``alignment.classify``) → probability of LABEL (default: the last label);
+    * ``package.module:function`` → a Python function ``(prompts, responses) -> list[float]``.
+    """
+    path, _, label = spec.partition("#")
+    if Path(path).is_dir():
+        meta = read_meta(path)
+        if meta.get("num_labels", 1) == 1 and not meta.get("label_names"):
+            rm = load_reward_model(path)
+            return lambda prompts, responses: rm.score(prompts, responses)
+        from alignment.predict import load_classifier
+
+        clf = load_classifier(path)
+        target = label or meta["label_names"][-1]
+        return lambda prompts, responses: clf.scores(responses, label=target)
+    module, _, name = spec.partition(":")
+    if not name:
+        raise ModelError(f"reward '{spec}' is neither a run folder nor 'module:function'")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"reward function '{spec}' cannot be imported: {exc}") from None
+    return fn

@@ -299,6 +299,12 @@ class AnnotationStore:
         with self._tx(write=False) as conn:
             return conn.scalar(select(users.c.role).where(users.c.name == name))
 
+    def users(self) -> list[dict[str, str]]:
+        """Every user's ``{"name", "role"}``, by name."""
+        with self._tx(write=False) as conn:
+            rows = conn.execute(select(users.c.name, users.c.role).order_by(users.c.name))
+            return [{"name": name, "role": role} for name, role in rows]
+
     def require_admin(self, name: str) -> None:
         """Raise AccessDenied unless ``name`` is an admin."""
         if self.role(name) != "admin":

@@ -23,7 +23,12 @@ QUICK = dict(max_samples=32, max_length=128, per_device_train_batch_size=4, num_
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sft") / "run"
-    proc = run_stage("sft", RECIPE, output_dir=out, eval_on_start=True, num_train_epochs=2, save_strategy="no", **QUICK)
+    small_validation = out.parent / "validation.jsonl"
+    small_validation.write_text("".join((ROOT / "data/sft/validation.jsonl").read_text().splitlines(True)[:8]))
+    proc = run_stage(
+        "sft", RECIPE, output_dir=out, validation_path=small_validation, eval_on_start=True, num_train_epochs=2,
+        save_strategy="no", **QUICK,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 
