@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -78,3 +79,33 @@ def prompt_with(make_store) -> Callable[..., tuple[AnnotationStore, list[int]]]:
         return store, ids
 
     return build
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def served(make_store) -> Callable[..., tuple[AnnotationStore, str]]:
+    """served(**settings) -> (store, url): the app launched on 127.0.0.1 (a free port) over a fresh store.
+
+    The store holds admin "root" (password "root-pw") and raters "alice", "bob" ("<name>-pw").
+    """
+    from annotation_ui import serve  # Gradio: imported only by the tests that launch the app
+
+    apps = []
+
+    def launch(**settings) -> tuple[AnnotationStore, str]:
+        store = make_store(**settings)
+        store.add_user("root", "admin", "root-pw")
+        for name in ("alice", "bob"):
+            store.add_user(name, "rater", f"{name}-pw")
+        app, url = serve(store, host="127.0.0.1", port=free_port(), block=False, quiet=True)
+        apps.append(app)
+        return store, url
+
+    yield launch
+    for app in apps:
+        app.close()
