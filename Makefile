@@ -2,7 +2,7 @@
 VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
-DEMO  ?= recipes/sft/demo.yaml
+DEMO  ?= recipes/pipeline/demo.yaml
 
 .PHONY: setup demo test
 setup: $(STAMP)
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m alignment.sft $(DEMO)
+	$(PY) -m alignment.pipeline $(DEMO)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
