@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         store = AnnotationStore(args.db)
         if not store.users():
-            print(f"note: no users yet; add one with: python -m annotation_ui users add NAME --role admin --db {args.db}")
+            print(f"note: no users yet; add one: python -m annotation_ui users add NAME --role admin --db {args.db}")
     except AlignmentError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

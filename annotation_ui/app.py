@@ -229,7 +229,7 @@ def build_app(store: AnnotationStore, title: str = "Preference annotation") -> g
                     edit_id = gr.Number(label="Task id to edit", precision=0)
                     edit_btn = gr.Button("Load for editing")
             with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
-                _admin_panel(api)
+                _admin_panel(api, admin_tab)
         _wire_annotate(api, tab, demo, admin_tab)
         refresh_mine.click(_guarded(api.my_judgements), None, mine, api_visibility="private")
 
@@ -272,7 +272,9 @@ def _wire_annotate(api: AnnotationAPI, tab: _AnnotateTab, demo: gr.Blocks, admin
         return [gr.update(visible=is_admin), *tab.show(api.next_task(request), api.progress(request))]
 
     def send(skip: bool) -> Callable:
-        def handler(request: gr.Request, state: dict | None, choice: str | None, strength: str | None, *rest: Any) -> list:
+        def handler(
+            request: gr.Request, state: dict | None, choice: str | None, strength: str | None, *rest: Any
+        ) -> list:
             ranks, (rationale, flags) = list(rest[:MAX_CANDIDATES]), rest[MAX_CANDIDATES:]
             api.submit(**_answer(state, choice, strength, ranks, rationale, flags, skip), request=request)
             note = "Skipped." if skip else "Saved."
@@ -292,7 +294,7 @@ def _wire_annotate(api: AnnotationAPI, tab: _AnnotateTab, demo: gr.Blocks, admin
     tab.undo_btn.click(_guarded(undo), None, tab.outputs, api_visibility="private")
 
 
-def _admin_panel(api: AnnotationAPI) -> None:
+def _admin_panel(api: AnnotationAPI, admin_tab: gr.Tab) -> None:
     """Progress, agreement, exports and per-rater work; every handler checks the admin role itself."""
     with gr.Row():
         refresh = gr.Button("Refresh progress and agreement")
@@ -317,7 +319,8 @@ def _admin_panel(api: AnnotationAPI) -> None:
         write_jsonl(api.export_rankings(mode_value, gold, request), out / "rankings.jsonl")
         return [str(out / "preferences.jsonl"), str(out / "rankings.jsonl")]
 
-    refresh.click(_guarded(report), None, [progress, agreement], api_visibility="private")
+    for trigger in (refresh.click, admin_tab.select):
+        trigger(_guarded(report), None, [progress, agreement], api_visibility="private")
     export_btn.click(_guarded(export), [mode, include_gold], files, api_visibility="private")
     lookup.click(_guarded(api.rater_judgements), rater, their, api_visibility="private")
 

@@ -17,7 +17,9 @@ PASSWORD_ENV = "ANNOTATION_PASSWORD"
 
 
 def add_db_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", default="annotations.db", help="SQLite file or SQLAlchemy URL (default: annotations.db)")
+    parser.add_argument(
+        "--db", default="annotations.db", help="SQLite file or SQLAlchemy URL (default: annotations.db)"
+    )
 
 
 def add_users_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -83,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="collection progress as JSON")
     add_db_argument(stats)
     stats.set_defaults(run=run_stats)
-    agreement = sub.add_parser("agreement", help="agreement, Krippendorff's alpha (nominal), gold accuracy, Bradley-Terry")
+    agreement = sub.add_parser(
+        "agreement", help="agreement, Krippendorff's alpha (nominal), gold accuracy, Bradley-Terry"
+    )
     add_db_argument(agreement)
     agreement.add_argument("--out", help="also write the report to this JSON file")
     agreement.set_defaults(run=run_agreement)

@@ -70,7 +70,8 @@ class QueueSettings:
     """How the work queue and logins behave."""
 
     reservation_ttl_s: int = field(
-        default=1800, metadata={"help": "Seconds a served task stays reserved for its rater before returning to the pool."}
+        default=1800,
+        metadata={"help": "Seconds a served task stays reserved for its rater before returning to the pool."},
     )
     gold_rate: float = field(
         default=0.1, metadata={"help": "Probability that next_task serves a gold task when one is available."}
@@ -419,7 +420,8 @@ class AnnotationStore:
         missing = [c for c in best_first if c not in prompt_of]
         if missing or len(set(prompt_of.values())) != 1 or len(set(best_first)) < 2:
             raise DataError(
-                f"gold answer {best_first}: needs >= 2 distinct existing candidate ids of one prompt (unknown: {missing})"
+                f"gold answer {best_first}: needs >= 2 distinct existing candidate ids of one prompt "
+                f"(unknown: {missing})"
             )
         pid = prompt_of[best_first[0]]
         if frozenset(best_first) in existing.get((pid, True), set()):
@@ -611,7 +613,14 @@ class AnnotationStore:
             return found
 
     def _submit(
-        self, rater: str, task_id: int, submission_id: str, answer: dict, rationale: str, flags: set[str], seconds: float
+        self,
+        rater: str,
+        task_id: int,
+        submission_id: str,
+        answer: dict,
+        rationale: str,
+        flags: set[str],
+        seconds: float,
     ) -> int:
         with self._tx() as conn:
             user_id = self._user_id(conn, rater)
@@ -673,7 +682,9 @@ class AnnotationStore:
             if choice not in CHOICES:
                 raise DataError(f"task {task_id} is pairwise: choice must be one of {CHOICES}, got {choice!r}")
             if choice in ("A", "B") and strength not in STRENGTH_MARGIN:
-                raise DataError(f"task {task_id}: choice {choice} needs strength in {tuple(STRENGTH_MARGIN)}, got {strength!r}")
+                raise DataError(
+                    f"task {task_id}: choice {choice} needs strength in {tuple(STRENGTH_MARGIN)}, got {strength!r}"
+                )
             first, second = order
             by_choice = {"A": (1, 2), "B": (2, 1)}.get(choice, (1, 1))
             rank_map = {first: by_choice[0], second: by_choice[1]}
@@ -813,7 +824,9 @@ class AnnotationStore:
                 .join(prompts, prompts.c.id == tasks.c.prompt_id)
                 .order_by(judgements.c.id)
             ).all()
-            cands = conn.execute(select(candidates.c.id, candidates.c.prompt_id, candidates.c.text, candidates.c.policy))
+            cands = conn.execute(
+                select(candidates.c.id, candidates.c.prompt_id, candidates.c.text, candidates.c.policy)
+            )
             candidate_map = {c.id: Candidate(c.id, c.prompt_id, c.text, c.policy) for c in cands}
         records = [
             JudgementRecord(

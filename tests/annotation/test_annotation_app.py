@@ -19,7 +19,8 @@ def login(url: str, name: str, password: str | None = None):
 def app(served, tmp_path):
     store, url = served(max_failed_logins=3)
     pid = store.add_prompt("Name a colour.")
-    store.add_candidates(pid, [{"text": t, "policy": p} for t, p in (("red", "sft"), ("blue", "base"), ("green", "dpo"))])
+    colours = (("red", "sft"), ("blue", "base"), ("green", "dpo"))
+    store.add_candidates(pid, [{"text": t, "policy": p} for t, p in colours])
     store.create_tasks("ranking", k=3, judgements_per_task=2)
     store.create_tasks("pairwise", judgements_per_task=2)
     return store, url, tmp_path / "annotations.db"

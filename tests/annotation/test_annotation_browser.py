@@ -96,8 +96,81 @@ def test_rater_ranks_three_candidates_in_the_browser_and_payloads_stay_text(serv
     (judgement,) = store.judgements("alice")
     name_of = {cid: name for name, cid in ids.items()}
     view = store.task_view("alice", judgement["task_id"])  # judgement ranks are in alice's shown order
-    assert {name_of[c.id]: r for c, r in zip(view.candidates, judgement["ranks"])} == {"plain": 1, "img": 2, "script": 2}
+    stored = {name_of[c.id]: r for c, r in zip(view.candidates, judgement["ranks"])}
+    assert stored == {"plain": 1, "img": 2, "script": 2}
     assert judgement["rationale"] == "the plain one"
     assert no_alert(browser)
     assert browser.execute_script("return window.__xss === undefined")
     assert browser.find_elements(By.CSS_SELECTOR, "img[src='x'], svg[onload]") == []
+
+
+def test_pairwise_choice_with_keyboard_shortcuts_then_undo(served, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    store, url = served()
+    pid = store.add_prompt("Pick one.")
+    store.add_candidates(pid, [{"text": "short"}, {"text": "long"}])
+    store.create_tasks("pairwise", judgements_per_task=1)
+    wait = WebDriverWait(browser, 60)
+    browser.get(url)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=password]"))
+    browser.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys("bob")
+    browser.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys("bob-pw", Keys.ENTER)
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#candidate-1 textarea").get_attribute("value"))
+    b_text = browser.find_element(By.CSS_SELECTOR, "#candidate-1 textarea").get_attribute("value")
+    browser.find_element(By.XPATH, "//*[@id='choice']//label[normalize-space()='B is better']").click()
+    browser.find_element(By.XPATH, "//*[@id='strength']//label[normalize-space()='Much']").click()
+    rationale = browser.find_element(By.CSS_SELECTOR, "#rationale textarea")
+    rationale.send_keys("more detail", Keys.CONTROL, Keys.ENTER)  # Ctrl+Enter submits
+    wait.until(lambda d: "1 / 1 done" in d.find_element(By.ID, "progress").text)
+    (judgement,) = store.judgements("bob")
+    assert (judgement["choice"], judgement["strength"], judgement["rationale"]) == ("B", "much", "more detail")
+    assert store.export_preferences()[0]["chosen"] == b_text
+
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ALT, "z")  # Alt+Z undoes
+    wait.until(lambda d: "withdrawn" in d.find_element(By.ID, "status").text)
+    assert store.judgements("bob") == []
+    assert browser.find_element(By.CSS_SELECTOR, "#rationale textarea").get_attribute("value") == "more detail"
+    browser.save_screenshot(str(ARTIFACTS / "annotation-pairwise-undone.png"))
+
+
+def login_in_browser(browser, url: str, name: str, password: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url)
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=password]"))
+    browser.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys(name)
+    browser.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(password, Keys.ENTER)
+    WebDriverWait(browser, 60).until(lambda d: "done" in d.find_element(By.ID, "progress").text)
+
+
+def tab_names(browser) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [t.text for t in browser.find_elements(By.CSS_SELECTOR, "[role=tab]") if t.is_displayed()]
+
+
+def test_only_admins_get_the_admin_tab_and_its_export(served, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    store, url = served()
+    pid = store.add_prompt("Pick one.")
+    store.add_candidates(pid, [{"text": "short"}, {"text": "long"}])
+    store.create_tasks("pairwise", judgements_per_task=1)
+    view = store.next_task("bob")
+    store.submit("bob", view.task_id, "s-1", choice="A", strength="clearly")
+    login_in_browser(browser, url, "alice", "alice-pw")
+    assert "Admin" not in tab_names(browser) and "My judgements" in tab_names(browser)
+    browser.delete_all_cookies()
+    login_in_browser(browser, url, "root", "root-pw")
+    WebDriverWait(browser, 30).until(lambda d: "Admin" in tab_names(d))
+    next(t for t in browser.find_elements(By.CSS_SELECTOR, "[role=tab]") if t.text == "Admin").click()
+    browser.find_element(By.XPATH, "//button[normalize-space()='Export JSONL']").click()
+    WebDriverWait(browser, 60).until(lambda d: "preferences.jsonl" in d.page_source)
+    assert "rankings.jsonl" in browser.page_source
+    browser.save_screenshot(str(ARTIFACTS / "annotation-admin-export.png"))

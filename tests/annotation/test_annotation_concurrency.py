@@ -49,7 +49,10 @@ def shared_db(tmp_path) -> Path:
     with store._tx() as conn:  # users straight into the table: 20 scrypt hashes would only cost time here
         conn.execute(
             store_users.insert(),
-            [{"name": f"w{i}", "role": "rater", "password_hash": "-", "created_at": store._now()} for i in range(WRITERS)],
+            [
+                {"name": f"w{i}", "role": "rater", "password_hash": "-", "created_at": store._now()}
+                for i in range(WRITERS)
+            ],
         )
     store.close()
     return path
