@@ -81,3 +81,15 @@ def test_failed_logins_are_refused_and_lock_the_account(app):
     with pytest.raises(ValueError, match="Could not login"):
         login(url, "alice")  # the right password, but the account is locked now
     assert login(url, "bob").predict(api_name="/progress")["rater"] == "bob"
+
+
+def test_users_add_through_the_app_command(tmp_path, capsys):
+    from annotation_ui.__main__ import main
+
+    db = tmp_path / "users.db"
+    assert main(["users", "add", "nora", "--role", "admin", "--password", "pw-1", "--db", str(db)]) == 0
+    assert "added admin 'nora'" in capsys.readouterr().out
+    from alignment.annotations import AnnotationStore
+
+    store = AnnotationStore(db)
+    assert store.users() == [{"name": "nora", "role": "admin"}] and store.authenticate("nora", "pw-1")
