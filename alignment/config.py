@@ -43,7 +43,16 @@ RecipeLoader.add_implicit_resolver(
 
 
 def yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=RecipeLoader)
+    """Parse YAML text; every failure is a ``yaml.YAMLError``, including values PyYAML's constructors reject
+    (``2001-02-30``, an integer over 4300 digits, ``!!timestamp x``) and nesting too deep for the parser."""
+    try:
+        return yaml.load(text, Loader=RecipeLoader)
+    except yaml.YAMLError:
+        raise
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise yaml.YAMLError(f"unreadable value: {exc}") from None
 
 
 def _is_optional_none(value: Any, hint: Any) -> bool:
