@@ -14,6 +14,7 @@ import random
 import string
 from collections.abc import Callable, Iterable, Iterator, Sequence
 import threading
+from collections import OrderedDict
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -160,6 +161,9 @@ def _make_engine(url_or_path: str | Path) -> Engine:
     return engine
 
 
+_TASK_CACHE = 4096
+
+
 @dataclass(frozen=True)
 class _TaskContent:
     kind: str
@@ -248,7 +252,7 @@ class AnnotationStore:
         self._engine = _make_engine(url_or_path)
         self._write_lock = _process_write_lock(self._engine)
         self._user_ids: dict[str, int] = {}
-        self._tasks: dict[int, _TaskContent] = {}
+        self._tasks: OrderedDict[int, _TaskContent] = OrderedDict()  # LRU, at most _TASK_CACHE entries
         with self._tx() as conn:
             self.upgraded_from = ensure_schema(conn, self._where)
 
@@ -278,7 +282,9 @@ class AnnotationStore:
 
     def _task(self, conn: Connection, task_id: int) -> _TaskContent:
         """A task's kind, prompt and candidate texts in canonical order (cached: tasks never change)."""
-        if task_id not in self._tasks:
+        if task_id in self._tasks:
+            self._tasks.move_to_end(task_id)
+        else:
             task = conn.execute(
                 select(tasks.c.kind, prompts.c.text)
                 .join(prompts, prompts.c.id == tasks.c.prompt_id)
@@ -293,6 +299,8 @@ class AnnotationStore:
                 .order_by(task_candidates.c.position)
             )
             self._tasks[task_id] = _TaskContent(task.kind, task.text, dict(texts.all()))
+            if len(self._tasks) > _TASK_CACHE:
+                self._tasks.popitem(last=False)
         return self._tasks[task_id]
 
     def role(self, name: str) -> str | None:

@@ -10,6 +10,8 @@ import pytest
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client.exceptions import AppError  # noqa: E402
 
+pytestmark = pytest.mark.timeout(180)
+
 
 def login(url: str, name: str, password: str | None = None):
     return gradio_client.Client(url, auth=(name, password or f"{name}-pw"), verbose=False)

@@ -22,6 +22,7 @@ PROMPT = 'Compare these <svg onload="window.__xss = 3">answers</svg>'
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.timeout(180),
     pytest.mark.skipif(
         not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
         reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)",

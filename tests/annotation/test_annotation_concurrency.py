@@ -18,6 +18,7 @@ from alignment.annotations import AnnotationStore, QueueSettings
 from alignment.annotations.schema import users as store_users
 
 WRITERS, PER_WRITER = 20, 50
+pytestmark = pytest.mark.timeout(300)  # a stuck writer fails the test instead of hanging CI
 
 
 def rater_loop(db_path: str, rater: str) -> list[str]:

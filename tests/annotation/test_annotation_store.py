@@ -311,3 +311,17 @@ def test_a_newer_schema_is_refused(tmp_path):
         conn.execute("update schema_version set version = 99")
     with pytest.raises(DataError, match="schema_version is 99"):
         AnnotationStore(path)
+
+
+def test_a_small_task_cache_still_serves_every_task_right(prompt_with, monkeypatch):
+    from alignment.annotations import store as store_module
+
+    monkeypatch.setattr(store_module, "_TASK_CACHE", 1)
+    store, ids = prompt_with(3, raters=("r1",))
+    store.create_tasks("pairwise", tasks_per_prompt=3)
+    seen = set()
+    while (view := store.next_task("r1")) is not None:
+        seen.add(frozenset(c.id for c in view.candidates))
+        store.submit("r1", view.task_id, sid(), choice="A", strength="clearly")
+    assert len(seen) == 3 and len(store._tasks) == 1
+    assert len(store.export_preferences("per-rater")) == 3
