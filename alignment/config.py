@@ -85,6 +85,15 @@ def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+def _shown(value: Any, limit: int = 200) -> str:
+    """``repr`` for messages, cut to ``limit`` characters (a huge value must not flood the error line)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long for str()
+        return f"an integer of {value.bit_length()} bits"
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 def coerce(value: Any, hint: Any) -> Any:
     """Return ``value`` converted to ``hint`` or raise ``TypeError`` saying what was expected.
 
@@ -101,31 +110,31 @@ def coerce(value: Any, hint: Any) -> Any:
                 return coerce(value, arg)
             except TypeError:
                 continue
-        raise TypeError(f"expected {_describe(hint)}, got {value!r}")
+        raise TypeError(f"expected {_describe(hint)}, got {_shown(value)}")
     if origin is Literal:
         if value in args:
             return value
-        raise TypeError(f"expected {_describe(hint)}, got {value!r}")
+        raise TypeError(f"expected {_describe(hint)}, got {_shown(value)}")
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         try:
             return hint(value).value if isinstance(value, str) else hint(value)
         except ValueError:
-            raise TypeError(f"expected {_describe(hint)}, got {value!r}") from None
+            raise TypeError(f"expected {_describe(hint)}, got {_shown(value)}") from None
     if origin in (list, tuple):
         items = [value] if isinstance(value, str) else value  # a lone string is a one-item list
         if not isinstance(items, (list, tuple)):
-            raise TypeError(f"expected {_describe(hint)}, got {value!r}")
+            raise TypeError(f"expected {_describe(hint)}, got {_shown(value)}")
         return [coerce(v, args[0]) for v in items] if args else list(items)
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
-            raise TypeError(f"expected a mapping, got {value!r}")
+            raise TypeError(f"expected a mapping, got {_shown(value)}")
         return value
     if hint is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
             return value.lower() in ("true", "yes")
-        raise TypeError(f"expected true or false, got {value!r}")
+        raise TypeError(f"expected true or false, got {_shown(value)}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -136,22 +145,23 @@ def coerce(value: Any, hint: Any) -> Any:
                 return int(value)
             except ValueError:
                 pass
-        raise TypeError(f"expected an integer, got {value!r}")
+        raise TypeError(f"expected an integer, got {_shown(value)}")
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             try:
                 return float(value)
-            except ValueError:
+            except (ValueError, OverflowError):  # an integer beyond float range overflows
                 pass
-        raise TypeError(f"expected a number, got {value!r}")
+        raise TypeError(f"expected a number, got {_shown(value)}")
     if hint is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise TypeError(f"expected a string, got {value!r}")
+            try:
+                return str(value)
+            except ValueError:  # an integer too long for str()
+                pass
+        raise TypeError(f"expected a string, got {_shown(value)}")
     return value  # types we do not know how to check are passed through to the dataclass
 
 
