@@ -9,7 +9,7 @@ ones (``preference_accuracy``, ``reward_margin``, …).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
@@ -17,25 +17,22 @@ from trl import DPOConfig, DPOTrainer
 from alignment.data import DataArguments, load_data
 from alignment.models import ModelArguments, load_model, load_tokenizer, save_model
 from alignment.run import stage_main
-from alignment.training import NonFiniteLossGuard, begin, final_evaluation, final_metrics, parse_stage, resume_from, write_results
+from alignment.training import (
+    PREFERENCE_DEFAULTS,
+    TRAINER_DEFAULTS,
+    NonFiniteLossGuard,
+    ResumeArguments,
+    begin,
+    final_evaluation,
+    final_metrics,
+    parse_stage,
+    resume_from,
+    write_results,
+)
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "method": "qlora",
-    "learning_rate": 5e-5,
-    "beta": 0.1,
-    "num_train_epochs": 1,
-    "per_device_train_batch_size": 4,
-    "per_device_eval_batch_size": 8,
-    "max_length": 256,
-    "eval_strategy": "epoch",
-    "save_strategy": "epoch",
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.05,
-    "validation_split": 0.1,
-    "drop_empty": False,  # an empty chosen/rejected/prompt is a bad row, reported with its line
-}
+DEFAULTS = {**TRAINER_DEFAULTS, **PREFERENCE_DEFAULTS, "method": "qlora", "learning_rate": 5e-5, "beta": 0.1, "per_device_train_batch_size": 4}
 
 PLAIN_NAMES = {
     "rewards/chosen": "implicit_reward_chosen",
@@ -48,8 +45,8 @@ PLAIN_NAMES = {
 
 
 @dataclass
-class DPOStageArguments:
-    resume: bool = field(default=True, metadata={"help": "Continue from the last complete checkpoint in output_dir."})
+class DPOStageArguments(ResumeArguments):
+    """DPO keys beyond trl's DPOConfig (none yet besides ``resume``)."""
 
 
 class PlainMetricNames(TrainerCallback):

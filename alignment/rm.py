@@ -20,29 +20,25 @@ from alignment.data import DataArguments, load_data
 from alignment.models import ModelArguments, load_model, load_tokenizer, save_model
 from alignment.rewards import encode, init_reward_head, preference_metrics, score_ids
 from alignment.run import stage_main
-from alignment.training import NonFiniteLossGuard, begin, final_metrics, parse_stage, resume_from, write_results
+from alignment.training import (
+    PREFERENCE_DEFAULTS,
+    TRAINER_DEFAULTS,
+    NonFiniteLossGuard,
+    ResumeArguments,
+    begin,
+    final_metrics,
+    parse_stage,
+    resume_from,
+    write_results,
+)
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "learning_rate": 1e-4,
-    "num_train_epochs": 1,
-    "per_device_train_batch_size": 8,
-    "per_device_eval_batch_size": 16,
-    "max_length": 256,
-    "eval_strategy": "epoch",
-    "save_strategy": "epoch",
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.05,
-    "validation_split": 0.1,
-    "drop_empty": False,  # an empty chosen/rejected/prompt is a bad row, reported with its line
-    "center_rewards_coefficient": None,
-}
+DEFAULTS = {**TRAINER_DEFAULTS, **PREFERENCE_DEFAULTS, "learning_rate": 1e-4, "per_device_eval_batch_size": 16}
 
 
 @dataclass
-class RMStageArguments:
-    resume: bool = field(default=True, metadata={"help": "Continue from the last complete checkpoint in output_dir."})
+class RMStageArguments(ResumeArguments):
     use_margin: bool = field(default=True, metadata={"help": "Subtract the data's margin inside the loss when present."})
     stats_samples: int = field(default=512, metadata={"help": "Training pairs scored to compute the reward mean/std."})
 

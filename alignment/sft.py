@@ -21,26 +21,25 @@ from alignment.errors import RecipeError
 from alignment.generation import SamplingArguments, generate
 from alignment.models import ModelArguments, load_model, load_tokenizer, save_model
 from alignment.run import stage_main
-from alignment.training import NonFiniteLossGuard, begin, final_evaluation, final_metrics, parse_stage, resume_from, write_results
+from alignment.training import (
+    TRAINER_DEFAULTS,
+    NonFiniteLossGuard,
+    ResumeArguments,
+    begin,
+    final_evaluation,
+    final_metrics,
+    parse_stage,
+    resume_from,
+    write_results,
+)
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "learning_rate": 2e-4,
-    "num_train_epochs": 1,
-    "per_device_train_batch_size": 8,
-    "per_device_eval_batch_size": 8,
-    "max_length": 256,
-    "eval_strategy": "epoch",
-    "save_strategy": "epoch",
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.05,
-}
+DEFAULTS = {**TRAINER_DEFAULTS, "learning_rate": 2e-4}
 
 
 @dataclass
-class SFTStageArguments:
-    resume: bool = field(default=True, metadata={"help": "Continue from the last complete checkpoint in output_dir."})
+class SFTStageArguments(ResumeArguments):
     num_samples: int = field(default=3, metadata={"help": "Validation prompts generated from at each evaluation."})
     sample_max_new_tokens: int = field(default=48, metadata={"help": "Length of the logged sample generations."})
 

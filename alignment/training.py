@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,28 @@ def device_defaults() -> dict[str, Any]:
         "save_total_limit": 2,
         "dataloader_num_workers": 0,
     }
+
+
+# Defaults the trl-based stages share (each adds its own on top): one epoch, evaluate and save each epoch, cosine
+# schedule with 5% warm-up, sequences up to 256 tokens.
+TRAINER_DEFAULTS = {
+    "num_train_epochs": 1,
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 8,
+    "max_length": 256,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.05,
+}
+# Preference stages hold out 10% for evaluation, and an empty prompt/chosen/rejected is a bad row (named with its
+# line), not silently dropped.
+PREFERENCE_DEFAULTS = {"validation_split": 0.1, "drop_empty": False}
+
+
+@dataclass
+class ResumeArguments:
+    resume: bool = field(default=True, metadata={"help": "Continue from the last complete checkpoint in output_dir."})
 
 
 def parse_stage(argv: list[str], stage: str, classes: tuple[type, ...], defaults: dict[str, Any] | None = None):
