@@ -231,7 +231,7 @@ def build_dataclasses(
     valid = sorted({k for h in hints for k in h})
     for key in values:
         if key not in valid:
-            raise RecipeError(f"{source}: unknown key '{key}'.{_suggest(key, valid)}")
+            raise RecipeError(f"{source}: unknown key '{key}'.{_suggest(str(key), valid)}")  # YAML keys may be numbers
     kwargs: list[dict[str, Any]] = [{} for _ in classes]
     for key, value in values.items():
         for h, kw in zip(hints, kwargs):
