@@ -12,9 +12,9 @@ import functools
 import hashlib
 import random
 import string
-from collections.abc import Callable, Iterable, Iterator, Sequence
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -144,6 +144,8 @@ def _make_engine(url_or_path: str | Path) -> Engine:
         url = f"sqlite:///{Path(url).expanduser().resolve()}"
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
+    if url in ("sqlite://", "sqlite:///:memory:"):
+        raise DataError(f"{url}: an in-memory SQLite database is not shared between connections; give a file path")
     engine = create_engine(url, connect_args={"timeout": 60}, pool_size=10, max_overflow=30)
 
     @event.listens_for(engine, "connect")

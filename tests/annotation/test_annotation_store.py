@@ -304,6 +304,11 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path, clock):
     assert AnnotationStore(path, clock=clock).upgraded_from == CURRENT_VERSION  # a second open is a no-op
 
 
+def test_an_in_memory_database_is_refused():
+    with pytest.raises(DataError, match="give a file path"):
+        AnnotationStore("sqlite://")
+
+
 def test_a_newer_schema_is_refused(tmp_path):
     path = tmp_path / "future.db"
     AnnotationStore(path).close()
