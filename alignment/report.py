@@ -1,0 +1,326 @@
+"""Self-contained HTML report of a run folder: ``python -m alignment.report RUN_DIR [--out report.html]``.
+
+Reads what the stages write: ``log_history.json`` (loss curves, DPO reward curves, eval history), ``metrics.json``
+(tables, RM accuracy by preference strength), ``confusion_matrix*.png`` (classifiers), PPO's ``metrics.jsonl``
+(reward, KL and entropy per step), ``samples.jsonl`` and ``evaluation.json`` (policies and their generations); or a
+pipeline's ``manifest.json`` (an overview table, then one section per stage folder). Figures are written as PNGs
+next to the HTML and embedded in it as base64 data URIs, so the HTML file alone is the whole report. Every text
+taken from the run (model outputs included) is HTML-escaped, and the page has no JavaScript.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from alignment.errors import AlignmentError, DataError
+from alignment.run import stage_main
+
+RUN_FILES = ("manifest.json", "metrics.json", "log_history.json", "metrics.jsonl", "evaluation.json", "samples.jsonl")
+HEADLINE = (
+    "pairwise_accuracy", "ece", "accuracy", "f1_macro", "loss", "eval_loss", "train_loss",
+    "mean_reward", "win_rate_vs_baseline", "kl_to_reference",
+)
+MAX_HEADLINE = 6
+PPO_PANELS = {"reward": {"reward", "rewards", "score", "scores"}, "KL": {"kl"}, "entropy": {"entropy"}}
+THROUGHPUT = ("_runtime", "_per_second")
+MAX_SAMPLE_ROWS = 50
+STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f0f0f0}
+td.text{white-space:pre-wrap;max-width:480px}img{max-width:100%}pre{background:#f7f7f7;padding:.5em;overflow:auto}
+.group,figure{display:inline-block;vertical-align:top;margin-right:2em}"""
+
+
+def read_json(path: Path) -> Any:
+    """Parsed JSON of ``path``; None when absent. An invalid file raises DataError naming file and line."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """One dict per non-blank line; [] when absent. A last line without its newline (still being written) is skipped."""
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError as exc:
+            if number == len(lines) and not text.endswith("\n"):
+                break
+            raise DataError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
+        if row:
+            rows.append(row)
+    return rows
+
+
+class Figures:
+    """Writes figures as ``<stem>-<prefix><name>.png`` next to the report and returns them as embedded ``<img>``."""
+
+    def __init__(self, folder: Path, stem: str, prefix: str = ""):
+        self.folder, self.stem, self.prefix = folder, stem, prefix
+
+    def for_stage(self, name: str) -> Figures:
+        return Figures(self.folder, self.stem, f"{self.prefix}{name}-")
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{self.stem}-{self.prefix}{name}.png"
+
+    def add(self, fig: Figure, name: str, caption: str) -> str:
+        fig.tight_layout()
+        fig.savefig(self.path(name), dpi=100)
+        return self.embed(self.path(name), caption)
+
+    def add_file(self, png: Path, caption: str) -> str:
+        """Copy a PNG the stage wrote next to the report, then embed it."""
+        target = self.path(png.stem)
+        if png.resolve() != target.resolve():
+            shutil.copyfile(png, target)
+        return self.embed(target, caption)
+
+    @staticmethod
+    def embed(png: Path, caption: str) -> str:
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        text = html.escape(caption)
+        return f'<figure><img src="data:image/png;base64,{data}" alt="{text}"><figcaption>{text}</figcaption></figure>'
+
+
+def fmt(value: Any) -> str:
+    """A metric value as short text (floats to 4 significant digits), not yet escaped."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list) and all(isinstance(v, (int, float, str)) for v in value):
+        return ", ".join(fmt(v) for v in value)
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def table(header: list[str], rows: list[list[Any]], text_columns: frozenset[int] = frozenset()) -> str:
+    """An HTML table; every cell is escaped. ``text_columns`` keep line breaks (generated text)."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(
+            f'<td{" class=text" if i in text_columns else ""}>{html.escape(fmt(cell))}</td>' for i, cell in enumerate(row)
+        ) + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def section(slug: str, title: str, body: str, level: int) -> str:
+    return f'<section id="{html.escape(slug)}"><h{level}>{html.escape(title)}</h{level}>{body}</section>'
+
+
+def flatten(data: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) for every leaf that is not a dict; lists of lists (matrices) are left out."""
+    out = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out += flatten(value, f"{name}.")
+        elif not (isinstance(value, list) and value and isinstance(value[0], (list, dict))):
+            out.append((name, value))
+    return out
+
+
+def series(rows: list[dict], key: str) -> tuple[list, list]:
+    """(steps, values) of ``key`` over the rows that hold a number for it; the step is the row index when absent."""
+    points = [(row.get("step", i), row[key]) for i, row in enumerate(rows) if isinstance(row.get(key), (int, float))]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def line_panels(panels: dict[str, dict[str, tuple[list, list]]]) -> Figure:
+    """One subplot per panel, one line per labelled series, steps on x."""
+    fig = Figure(figsize=(4.5 * len(panels), 3.5))
+    for ax, (title, lines) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items()):
+        for label, (steps, values) in lines.items():
+            ax.plot(steps, values, marker="o", markersize=3, label=label)
+        ax.set(title=title, xlabel="step")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def train_eval_panels(history: list[dict], names: list[str]) -> dict[str, dict[str, tuple[list, list]]]:
+    """Per name: its train series and its ``eval_`` series, whichever exist."""
+    panels = {}
+    for name in names:
+        lines = {label: series(history, key) for label, key in (("train", name), ("eval", f"eval_{name}"))}
+        lines = {label: points for label, points in lines.items() if points[0]}
+        if lines:
+            panels[name] = lines
+    return panels
+
+
+def curves_sections(history: list[dict], figures: Figures, level: int) -> list[str]:
+    """Loss curves, DPO reward curves (``rewards/*``) and the table of evaluations over steps."""
+    out = []
+    if panels := train_eval_panels(history, ["loss"]):
+        out.append(section(figures.prefix + "loss", "Loss", figures.add(line_panels(panels), "loss", "train and eval loss"), level))
+    dpo_names = sorted({k.removeprefix("eval_") for row in history for k in row if k.removeprefix("eval_").startswith("rewards/")})
+    if panels := train_eval_panels(history, dpo_names):
+        out.append(section(figures.prefix + "dpo-rewards", "DPO rewards", figures.add(line_panels(panels), "dpo-rewards", "implicit rewards"), level))
+    evals = [row for row in history if "eval_loss" in row]
+    columns = list(dict.fromkeys(k for row in evals for k in row if k.startswith("eval_") and not k.endswith(THROUGHPUT)))
+    if evals:
+        rows = [[row.get("step", ""), *(row.get(c, "") for c in columns)] for row in evals]
+        out.append(section(figures.prefix + "eval-history", "Evaluations", table(["step", *columns], rows), level))
+    return out
+
+
+def ppo_section(steps: list[dict], figures: Figures, level: int) -> str:
+    """Reward, KL and entropy keys of PPO's per-step metrics (matched by name token), one panel each."""
+    panels: dict[str, dict[str, tuple[list, list]]] = {}
+    for key in dict.fromkeys(k for row in steps for k in row if k != "step"):
+        tokens = set(re.split(r"[^a-z0-9]+", key.lower()))
+        for title, words in PPO_PANELS.items():
+            if tokens & words and (points := series(steps, key))[0]:
+                panels.setdefault(title, {})[key] = points
+    if not panels:
+        return ""
+    return section(figures.prefix + "ppo", "PPO", figures.add(line_panels(panels), "ppo", "reward, KL and entropy per PPO step"), level)
+
+
+def metrics_sections(metrics: dict, figures: Figures, level: int) -> list[str]:
+    """Final metrics (one table per group), the data report, RM accuracy by preference strength."""
+    groups: dict[str, list[tuple[str, Any]]] = {}
+    for key, value in flatten({k: v for k, v in metrics.items() if k != "data_report"}):
+        group, _, name = key.partition(".")
+        groups.setdefault(group if name else "run", []).append((name or key, value))
+    body = "".join(
+        f'<div class="group"><h{level + 1}>{html.escape(g)}</h{level + 1}>{table(["metric", "value"], rows)}</div>'
+        for g, rows in groups.items()
+    )
+    if report := metrics.get("data_report"):
+        body += "<h{0}>data</h{0}><ul>".format(level + 1) + "".join(f"<li>{html.escape(str(line))}</li>" for line in report) + "</ul>"
+    out = [section(figures.prefix + "metrics", "Metrics", body, level)] if body else []
+    by_split = {split: m["accuracy_by_strength"] for split, m in metrics.items() if isinstance(m, dict) and m.get("accuracy_by_strength")}
+    if by_split:
+        fig = Figure(figsize=(4.5 * len(by_split), 3.5))
+        for ax, (split, accuracy) in zip(fig.subplots(1, len(by_split), squeeze=False)[0], by_split.items()):
+            ax.bar(range(len(accuracy)), list(accuracy.values()), tick_label=list(accuracy))
+            ax.set(title=f"{split}: pairwise accuracy", xlabel="preference strength (margin)", ylim=(0, 1))
+        out.append(section(figures.prefix + "accuracy-by-strength", "Accuracy by preference strength", figures.add(fig, "accuracy-by-strength", "RM accuracy by strength"), level))
+    return out
+
+
+def evaluation_section(evaluation: dict, prefix: str, level: int) -> str:
+    """Per-policy reward, win rate and KL; then the generations side by side."""
+    policies = evaluation.get("policies", {})
+    columns = list(dict.fromkeys(k for m in policies.values() for k in m))
+    body = table(["policy", *columns], [[p, *(m.get(c, "") for c in columns)] for p, m in policies.items()])
+    if samples := samples_table(evaluation.get("samples", [])):
+        body += f"<h{level + 1}>Samples</h{level + 1}>{samples}"
+    return section(prefix + "evaluation", "Evaluation", body, level)
+
+
+def samples_table(rows: list[dict]) -> str:
+    """The last generations as a table, every key a column ("" when there are none). Cells are escaped."""
+    if not rows:
+        return ""
+    shown = rows[-MAX_SAMPLE_ROWS:]
+    columns = list(dict.fromkeys(k for row in shown for k in row))
+    texts = frozenset(i for i, c in enumerate(columns) if any(isinstance(row.get(c), (str, list)) for row in shown))
+    note = f"<p>last {len(shown)} of {len(rows)}</p>" if len(shown) < len(rows) else ""
+    return note + table(columns, [[row.get(c, "") for c in columns] for row in shown], texts)
+
+
+def details(title: str, text: str) -> str:
+    return f"<details><summary>{html.escape(title)}</summary><pre>{html.escape(text)}</pre></details>"
+
+
+def log_history(run_dir: Path) -> list[dict]:
+    """``log_history.json``, else the log history in the last checkpoint's ``trainer_state.json`` (classifier runs)."""
+    if (run_dir / "log_history.json").is_file():
+        return read_json(run_dir / "log_history.json")
+    steps = {int(p.parent.name[11:]): p for p in run_dir.glob("checkpoint-*/trainer_state.json") if p.parent.name[11:].isdigit()}
+    return read_json(steps[max(steps)]).get("log_history", []) if steps else []
+
+
+def stage_sections(run_dir: Path, figures: Figures, level: int) -> list[str]:
+    """Every section the files of one stage folder support, in reading order; [] when it holds none."""
+    out = curves_sections(log_history(run_dir), figures, level)
+    if ppo := ppo_section(read_jsonl(run_dir / "metrics.jsonl"), figures, level):
+        out.append(ppo)
+    out += metrics_sections(read_json(run_dir / "metrics.json") or {}, figures, level)
+    if pngs := sorted(run_dir.glob("confusion_matrix*.png")):
+        out.append(section(figures.prefix + "confusion", "Confusion matrices", "".join(figures.add_file(p, p.stem) for p in pngs), level))
+    if evaluation := read_json(run_dir / "evaluation.json"):
+        out.append(evaluation_section(evaluation, figures.prefix, level))
+    if samples := samples_table(read_jsonl(run_dir / "samples.jsonl")):
+        out.append(section(figures.prefix + "samples", "Sample generations", samples, level))
+    files = [details(name, (run_dir / name).read_text(encoding="utf-8")) for name in ("recipe.yaml", "environment.json") if (run_dir / name).is_file()]
+    if out and files:
+        out.append(section(figures.prefix + "run-files", "Recipe and environment", "".join(files), level))
+    return out
+
+
+def headline(metrics: dict) -> str:
+    """The first few well-known metrics of a stage (accuracy, loss, reward…), as ``key=value`` text."""
+    picked = [(k, v) for k, v in flatten(metrics) if k.rpartition(".")[2] in HEADLINE and isinstance(v, (int, float))]
+    return ", ".join(f"{k}={fmt(v)}" for k, v in picked[:MAX_HEADLINE])
+
+
+def pipeline_sections(root: Path, manifest: dict, figures: Figures) -> list[str]:
+    """Overview table (stage, status, wall time, outputs, headline metrics), then a section per stage folder."""
+    stages = manifest.get("stages", {})
+    rows = [
+        [name, s.get("status", ""), f"{s['wall_time_s']:.1f} s" if "wall_time_s" in s else "", s.get("outputs", []), headline(s.get("metrics", {}))]
+        for name, s in stages.items()
+    ]
+    out = [section("overview", "Pipeline", table(["stage", "status", "wall time", "outputs", "headline metrics"], rows), 2)]
+    for name, s in stages.items():
+        folder = root / name
+        parts = stage_sections(folder, figures.for_stage(name), 3) if folder.is_dir() else []
+        body = "".join(parts) or f"<p>No report files in {html.escape(str(folder))} (status: {html.escape(s.get('status', '?'))}).</p>"
+        out.append(section(f"stage-{name}", f"Stage: {name}", body, 2))
+    if environment := manifest.get("environment"):
+        out.append(section("environment", "Environment", details("environment", json.dumps(environment, indent=2)), 2))
+    return out
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the HTML report of a stage or pipeline run folder (default ``RUN_DIR/report.html``) and its PNGs
+    (``<stem>-*.png`` beside it); return the HTML path. AlignmentError when the folder holds no run files."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise AlignmentError(f"{run_dir}: no such run folder")
+    out = Path(out) if out else run_dir / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figures = Figures(out.parent, out.stem)
+    manifest = read_json(run_dir / "manifest.json")
+    sections = pipeline_sections(run_dir, manifest, figures) if manifest else stage_sections(run_dir, figures, 2)
+    if not sections:
+        raise AlignmentError(f"{run_dir} is not a run folder: expected one of {', '.join(RUN_FILES)}")
+    title = html.escape(f"Run report: {run_dir}")
+    page = f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style></head><body><h1>{title}</h1>{"".join(sections)}</body></html>'
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+@stage_main
+def main(argv: list[str]) -> None:
+    """usage: python -m alignment.report RUN_DIR [--out report.html]   (default: RUN_DIR/report.html)"""
+    parser = argparse.ArgumentParser(prog="python -m alignment.report", description="HTML report of a run folder.")
+    parser.add_argument("run_dir", type=Path, help="a stage or pipeline run folder")
+    parser.add_argument("--out", type=Path, help="the HTML file to write (PNGs go beside it)")
+    args = parser.parse_args(argv)
+    print(build_report(args.run_dir, args.out))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
