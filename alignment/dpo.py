@@ -75,7 +75,8 @@ def main(argv: list[str]) -> None:
         logger.info("data: %s", line)
 
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path)
-    model = load_model(model_args, "causal", tokenizer)
+    # A fresh adapter on the starting policy (an SFT adapter is merged first), so that "adapter disabled" is that policy.
+    model = load_model(model_args, "causal", tokenizer, continue_adapter=False)
     trainer = DPOTrainer(
         model=model,
         ref_model=None,  # peft policy: the reference is the base with the adapter disabled

@@ -62,7 +62,10 @@ def _resolve(name: str) -> str:
 
 
 def _adapter_base(path: str | Path) -> str:
+    """The base an adapter sits on; a merged base missing from this machine's cache is rebuilt from its source."""
     meta = read_meta(path)
+    if meta.get("base_merged_from") and not Path(meta["base_model"]).exists():
+        return merged_checkpoint(meta["base_merged_from"])
     if "base_model" in meta:
         return meta["base_model"]
     return json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
@@ -153,14 +156,16 @@ def load_model(
     num_labels: int | None = None,
     training: bool = True,
     init_head: Callable[[Any], None] | None = None,
+    continue_adapter: bool = True,
 ):
     """Load ``args.model_name_or_path`` with the head for ``kind``, quantised and adapted as ``args`` says.
 
     ``init_head(model)`` initialises a freshly created head (not one restored from a classifier run folder) before
     adapters wrap it.
-    A run folder holding an adapter of the same kind continues that adapter when training with a peft method, and
-    is used as is for inference; otherwise the adapter is merged into a de-quantised copy of its base first (cached),
-    and the recipe's method is applied on top.
+    A run folder holding an adapter of the same kind is used as is for inference, and its adapter continues training
+    with a peft method when ``continue_adapter``; otherwise (another kind, full fine-tuning, or
+    ``continue_adapter=False`` as DPO/PPO need, whose reference must be the starting policy itself) the adapter is
+    merged into a de-quantised copy of its base (cached) and the recipe's method is applied on top.
     """
     path = _resolve(args.model_name_or_path)
     label_kwargs = _label_kwargs(kind, label_names, num_labels)
@@ -168,9 +173,12 @@ def load_model(
     if is_adapter(path):
         meta = read_meta(path)
         same_kind = meta.get("kind", kind) == kind
-        if same_kind and (not training or args.method in PEFT_METHODS):
+        if same_kind and (not training or (continue_adapter and args.method in PEFT_METHODS)):
             return _load_with_adapter(path, kind, args, tokenizer, label_kwargs, training)
-        path = base_name = merged_checkpoint(path)
+        merged_from, path = str(Path(path).resolve()), merged_checkpoint(path)
+        base_name = path
+    else:
+        merged_from = None
     fresh_head = kind == "seq_cls" and read_meta(path).get("kind") != "seq_cls"
     model = _from_pretrained(path, kind, args, label_kwargs)
     _sync_special_tokens(model, tokenizer)
@@ -179,6 +187,7 @@ def load_model(
     if training:
         model = apply_method(model, args, kind)
     model.alignment_base_model = base_name  # what save_model records as the base an adapter sits on
+    model.alignment_base_merged_from = merged_from
     log_footprint(model, args.model_name_or_path)
     return model
 
@@ -212,6 +221,7 @@ def _load_with_adapter(path: str, kind: Kind, args: ModelArguments, tokenizer, l
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     model = PeftModel.from_pretrained(base, path, is_trainable=training)
     model.alignment_base_model = base_args.model_name_or_path
+    model.alignment_base_merged_from = meta.get("base_merged_from")
     log_footprint(model, args.model_name_or_path)
     return model
 
@@ -335,7 +345,9 @@ def save_model(model, tokenizer, out_dir: str | Path, *, kind: Kind, **meta: Any
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
     base = getattr(model, "alignment_base_model", None)
-    meta = {"kind": kind, **({"base_model": base} if base and is_adapter(out) else {}), **meta}
+    if base and is_adapter(out):
+        meta = {"base_model": base, "base_merged_from": getattr(model, "alignment_base_merged_from", None), **meta}
+    meta = {"kind": kind, **meta}
     (out / META_FILE).write_text(json.dumps(meta, indent=2))
 
 
