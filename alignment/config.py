@@ -219,6 +219,12 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
     return overrides
 
 
+# What the dataclasses' own checks raise for bad values: besides ValueError/TypeError, transformers opens a string
+# accelerator_config as a JSON file (OSError), imports deepspeed for a deepspeed value (ImportError) and turns
+# logging/eval/save steps into ints (OverflowError for inf).
+POST_INIT_ERRORS = (ValueError, TypeError, OSError, ImportError, ArithmeticError)
+
+
 def build_dataclasses(
     values: dict[str, Any], classes: tuple[type, ...], source: str, *, check_paths: tuple[str, ...] = ()
 ) -> tuple[Any, ...]:
@@ -248,7 +254,7 @@ def build_dataclasses(
     for cls, kw in zip(classes, kwargs):
         try:
             out.append(cls(**kw))
-        except (ValueError, TypeError) as exc:
+        except POST_INIT_ERRORS as exc:
             raise RecipeError(f"{source}: invalid {cls.__name__}: {exc}") from None
     return tuple(out)
 
