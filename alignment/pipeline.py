@@ -97,7 +97,7 @@ def wiring(stage: StageSpec, root: Path, present: set[str]) -> dict[str, Any]:
     if stage.name == "dpo":
         return {"output_dir": str(out), "dataset_path": prefs, **({"model_name_or_path": sft} if sft else {})}
     if stage.name == "ppo":
-        return {"output_dir": str(out), "reward": str(root / "rm"), **({"model_name_or_path": sft} if sft else {})}
+        return {"output_dir": str(out), "reward_model": str(root / "rm"), **({"model_name_or_path": sft} if sft else {})}
     if stage.name == "evaluate":
         trained = [str(root / n) for n in ("dpo", "ppo") if n in present]
         return {"output_dir": str(out), "policies": [p for p in [sft, *trained] if p], "reward": str(root / "rm")}
