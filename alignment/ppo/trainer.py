@@ -1,0 +1,527 @@
+"""The PPO loop for RLHF: rollouts, scoring, reward shaping, GAE, clipped updates, logging and checkpoints.
+
+The math lives in :mod:`alignment.ppo.core`; the single-base model (policy, reference, value, reward adapters) in
+:mod:`alignment.ppo.modeling`; reward sources in :mod:`alignment.ppo.rewards`. ``accelerate`` places the model and
+runs the same code on one or many processes (each process rolls out ``batch_size`` prompts of its own).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import GenerationConfig, get_scheduler
+
+from alignment.config import to_dict
+from alignment.data import DataArguments, load_data
+from alignment.errors import AlignmentError, RecipeError
+from alignment.generation import render_prompt
+from alignment.models import ModelArguments, load_model, load_tokenizer, save_model
+from alignment.models.loader import is_adapter, peft_config
+from alignment.ppo.args import PPOConfig
+from alignment.ppo.core import (
+    AdaptiveKLController,
+    FixedKLController,
+    KLController,
+    RunningMoments,
+    compute_gae,
+    entropy_from_logits,
+    explained_variance,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    response_mask,
+    shape_rewards,
+    value_loss,
+)
+from alignment.ppo.modeling import POLICY, ActorCritic
+from alignment.ppo.rewards import RewardSource, load_reward_source
+from alignment.run import configure_wandb, start_run, write_json
+from alignment.training import ResumeArguments, parse_stage, resume_from
+
+logger = logging.getLogger(__name__)
+
+DEFAULTS = {"method": "qlora"}
+PPO_METHODS = ("lora", "qlora")
+CHECKPOINT_PREFIX = "checkpoint-"
+TEMP_PREFIX = ".tmp-checkpoint-"
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled responses and what PPO derives from it; per-token tensors are [batch, R]."""
+
+    input_ids: torch.Tensor  # [batch, P + R]: left-padded prompt, then the right-padded response
+    attention_mask: torch.Tensor
+    prompt_length: int  # P
+    response_ids: torch.Tensor
+    mask: torch.Tensor  # 1.0 on response tokens up to and including the first EOS
+    logp: torch.Tensor  # log pi_old(a_t | s_t) at the sampling temperature
+    ref_logp: torch.Tensor
+    values: torch.Tensor
+    entropy: torch.Tensor
+    scores: torch.Tensor  # [batch] raw reward-source scores
+    rewards: torch.Tensor  # shaped per-token rewards (normalised score at the last token, -beta * KL per token)
+    advantages: torch.Tensor  # whitened GAE advantages
+    returns: torch.Tensor
+    kl: torch.Tensor  # [batch] KL(pi || pi_ref) summed over each response
+    has_eos: torch.Tensor  # [batch] bool
+    prompts: list[Any]
+    responses: list[str]
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop rows logged after ``last_step`` (steps redone after a resume are logged again)."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(row + "\n" for row in rows))
+
+
+def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("a") as f:
+        f.writelines(json.dumps(row, default=float) + "\n" for row in rows)
+
+
+def kl_controller(config: PPOConfig) -> KLController:
+    if config.adaptive_kl:
+        return AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+    return FixedKLController(config.kl_coef)
+
+
+def trackers(report_to: list[str]) -> list[str]:
+    return [t for t in report_to if t != "none"]
+
+
+# ------------------------------------------------------------------------------------------------------ trainer
+class PPOTrainer:
+    """Build with :meth:`from_recipe`; :meth:`train` runs (or resumes) the steps, :meth:`save_final` then writes the
+    policy adapter to the run folder."""
+
+    def __init__(
+        self,
+        config: PPOConfig,
+        model_args: ModelArguments,
+        prompts: list[Any],
+        accelerator: Accelerator,
+        run_dir: Path,
+        *,
+        resume: bool = True,
+    ) -> None:
+        if model_args.method not in PPO_METHODS:
+            raise RecipeError(f"PPO trains LoRA adapters on one shared base: method must be lora or qlora, got {model_args.method}")
+        if not prompts:
+            raise RecipeError("PPO needs at least one prompt in the training data")
+        self.config, self.model_args, self.prompts = config, model_args, prompts
+        self.accelerator, self.run_dir, self.resume = accelerator, run_dir, resume
+        set_seed(config.seed, device_specific=True)
+        self.tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path, padding_side="left")
+        self.tokenizer.truncation_side = "left"
+        policy = load_model(model_args, "causal", self.tokenizer)
+        reference = model_args.model_name_or_path if is_adapter(model_args.model_name_or_path) else None
+        actor_critic = ActorCritic(policy, config.value_model, peft_config(model_args, "causal", []), reference)
+        actor_critic.eval()  # dropout off for good: rollouts and updates must see the same policy
+        self.reward: RewardSource = load_reward_source(
+            config, actor_critic, getattr(policy, "alignment_base_model", None), accelerator.device
+        )
+        optimizer = torch.optim.AdamW(
+            actor_critic.trainable_parameters(), lr=config.learning_rate, eps=config.adam_epsilon, weight_decay=config.weight_decay
+        )
+        self.model, self.optimizer = accelerator.prepare(actor_critic, optimizer)
+        self.total_steps = config.steps_for(accelerator.num_processes)
+        updates = self.total_steps * config.ppo_epochs * config.num_mini_batches
+        self.scheduler = get_scheduler(
+            config.lr_scheduler_type, self.optimizer, num_warmup_steps=int(config.warmup_ratio * updates), num_training_steps=updates
+        )
+        self.kl_ctl = kl_controller(config)
+        self.reward_moments = RunningMoments()
+        self.step = 0
+        self.generation_config = GenerationConfig(
+            do_sample=True,
+            temperature=config.temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=config.response_length,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        logger.info("PPO: reward from %s; %d steps of %d prompts x %d processes", self.reward.description,
+                    self.total_steps, config.batch_size, accelerator.num_processes)
+
+    @classmethod
+    def from_recipe(cls, argv: list[str]) -> PPOTrainer:
+        """Parse the recipe, load the prompts, create the run folder and trackers, load the models."""
+        model_args, data_args, resume_args, config = parse_stage(
+            argv, "ppo", (ModelArguments, DataArguments, ResumeArguments, PPOConfig), DEFAULTS
+        )
+        data = load_data(data_args, "prompts")
+        accelerator = Accelerator(
+            cpu=config.use_cpu,
+            mixed_precision="bf16" if config.bf16 else "no",
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            log_with=trackers(config.report_to) or None,
+            project_dir=config.output_dir,
+        )
+        recipe = to_dict(model_args, data_args, resume_args, config)
+        run_dir = start_run(config.output_dir, recipe, is_main=accelerator.is_main_process)
+        configure_wandb(config.report_to, run_dir, group=config.run_name)
+        if trackers(config.report_to):
+            accelerator.init_trackers("alignment", config=recipe, init_kwargs={"wandb": {"dir": str(run_dir), "name": config.run_name}})
+        for line in data.report:
+            logger.info("data: %s", line)
+        return cls(config, model_args, list(data.splits["train"]["prompt"]), accelerator, run_dir, resume=resume_args.resume)
+
+    @property
+    def actor_critic(self) -> ActorCritic:
+        return self.accelerator.unwrap_model(self.model)
+
+    # -------------------------------------------------------------------------------------------------- loop
+    def train(self) -> None:
+        """Run PPO steps up to the total, continuing from the last complete checkpoint; checkpoint as configured."""
+        self.load_checkpoint()
+        while self.step < self.total_steps:
+            metrics = self.ppo_step()
+            self.step += 1
+            self.log(metrics)
+            if self.step % self.config.save_steps == 0 or self.step == self.total_steps:
+                self.save_checkpoint()
+
+    def ppo_step(self) -> dict[str, Any]:
+        """One rollout batch and its PPO epochs; returns the step's metrics (averaged over processes)."""
+        start, learning_rate = time.perf_counter(), self.scheduler.get_last_lr()[0]
+        rollout, timings = self.rollout(self.batch_prompts(self.step))
+        train_start = time.perf_counter()
+        update_stats = self.update(rollout)
+        timings["time_training"] = time.perf_counter() - train_start
+        timings["time_step"] = time.perf_counter() - start
+        metrics = self.rollout_metrics(rollout)
+        metrics.update(update_stats)
+        metrics = {k: float(v) for k, v in zip(metrics, self.accelerator.reduce(torch.tensor(list(metrics.values()), device=self.accelerator.device), "mean"))}
+        scores = self.accelerator.gather(rollout.scores)
+        metrics.update(reward_mean=scores.mean().item(), reward_std=scores.std().item() if scores.numel() > 1 else 0.0)
+        for name in ("policy_loss", "value_loss"):
+            if not math.isfinite(metrics[name]):
+                raise AlignmentError(
+                    f"{name} became {metrics[name]} at PPO step {self.step + 1}. Likely causes: learning rate too high, "
+                    "fp16 overflow, or non-finite rewards. The last good checkpoint in the run folder is kept."
+                )
+        self.write_samples(rollout)
+        self.kl_ctl.update(metrics["kl"], self.config.batch_size * self.accelerator.num_processes)
+        return {
+            "step": self.step + 1,
+            "episodes": (self.step + 1) * self.config.batch_size * self.accelerator.num_processes,
+            **metrics,
+            "kl_coef": self.kl_ctl.kl_coef,
+            "learning_rate": learning_rate,
+            **timings,
+        }
+
+    def batch_prompts(self, step: int) -> list[Any]:
+        """This process's prompts for ``step``: a fixed seeded order per epoch, so a resumed run sees the same ones."""
+        size, rank = self.config.batch_size, self.accelerator.process_index
+        first = (step * self.accelerator.num_processes + rank) * size
+        picked = []
+        for position in range(first, first + size):
+            epoch, index = divmod(position, len(self.prompts))
+            order = torch.randperm(len(self.prompts), generator=torch.Generator().manual_seed(self.config.seed + epoch))
+            picked.append(self.prompts[int(order[index])])
+        return picked
+
+    # -------------------------------------------------------------------------------------------------- rollout
+    def chunks(self, n: int) -> list[slice]:
+        size = self.config.forward_batch_size or n
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+    @torch.no_grad()
+    def sample(self, query: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Responses [batch, R'] (R' <= response_length), right-padded with the pad token after EOS."""
+        pieces = []
+        prompt_length = query["input_ids"].shape[1]
+        for part in self.chunks(len(query["input_ids"])):
+            out = self.actor_critic.generate(
+                input_ids=query["input_ids"][part], attention_mask=query["attention_mask"][part], generation_config=self.generation_config
+            )
+            pieces.append(out[:, prompt_length:])
+        width = max(p.shape[1] for p in pieces)
+        padded = [torch.nn.functional.pad(p, (0, width - p.shape[1]), value=self.tokenizer.pad_token_id) for p in pieces]
+        return torch.cat(padded)
+
+    @torch.no_grad()
+    def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int, response_ids: torch.Tensor, *, reference: bool = False) -> torch.Tensor:
+        """log pi(response token) at the sampling temperature, [batch, R]; the reference policy's with ``reference``."""
+        model, out = self.actor_critic, []
+        for part in self.chunks(len(input_ids)):
+            if reference:
+                with model.reference():
+                    logits = model.logits(input_ids[part], attention_mask[part], prompt_length)
+            else:
+                logits = model.logits(input_ids[part], attention_mask[part], prompt_length)
+            out.append(logprobs_from_logits(logits, response_ids[part], self.config.temperature))
+        return torch.cat(out)
+
+    def encode_prompts(self, prompts: list[Any]) -> dict[str, torch.Tensor]:
+        texts = [render_prompt(self.tokenizer, p, self.config.use_chat_template) for p in prompts]
+        enc = self.tokenizer(
+            texts, return_tensors="pt", padding=True, truncation=True, max_length=self.config.max_prompt_length, add_special_tokens=False
+        )
+        return {k: v.to(self.accelerator.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[Any]) -> tuple[Rollout, dict[str, float]]:
+        """Sample responses, score them, shape rewards with the KL penalty and compute GAE advantages."""
+        cfg, tok, model = self.config, self.tokenizer, self.actor_critic
+        with self.accelerator.autocast():
+            query = self.encode_prompts(prompts)
+            start = time.perf_counter()
+            response_ids = self.sample(query)
+            generated = time.perf_counter()
+            mask = response_mask(response_ids, tok.eos_token_id, tok.pad_token_id)
+            input_ids = torch.cat([query["input_ids"], response_ids], dim=1)
+            attention_mask = torch.cat([query["attention_mask"], mask.long()], dim=1)
+            prompt_length = query["input_ids"].shape[1]
+            logp, values, entropy = [], [], []
+            for part in self.chunks(len(prompts)):
+                logits, part_values = model(input_ids[part], attention_mask[part], prompt_length)
+                logp.append(logprobs_from_logits(logits, response_ids[part], cfg.temperature))
+                entropy.append(entropy_from_logits(logits, cfg.temperature))
+                values.append(part_values.float())
+            ref_logp = self.logprobs(input_ids, attention_mask, prompt_length, response_ids, reference=True)
+        responses = [tok.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(response_ids, mask)]
+        scores = torch.tensor(self.reward.score(prompts, responses), dtype=torch.float32, device=mask.device)
+        has_eos = (response_ids == tok.eos_token_id).any(dim=-1)
+        logp, values = torch.cat(logp), torch.cat(values)
+        rewards, kl = shape_rewards(
+            self.normalize(scores), logp, ref_logp, mask, self.kl_ctl.kl_coef, cfg.kl_estimator,
+            cfg.missing_eos_penalty, has_eos, cfg.missing_eos_mode,
+        )
+        if cfg.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = compute_gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        rollout = Rollout(
+            input_ids, attention_mask, prompt_length, response_ids, mask, logp, ref_logp, values, torch.cat(entropy),
+            scores, rewards, masked_whiten(advantages, mask), returns, kl, has_eos, prompts, responses,
+        )
+        timings = {"time_generation": generated - start, "time_scoring": time.perf_counter() - generated}
+        return rollout, timings
+
+    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
+        """Standardise scores with the reward model's saved statistics, else with running moments of all scores."""
+        if not self.config.normalize_rewards:
+            return scores
+        if self.reward.mean is not None and self.reward.std is not None:
+            return (scores - self.reward.mean) / max(self.reward.std, 1e-8)
+        self.reward_moments.update(self.accelerator.gather(scores))
+        return self.reward_moments.normalize(scores)
+
+    # -------------------------------------------------------------------------------------------------- update
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        """``ppo_epochs`` passes of clipped policy + value updates over shuffled mini-batches."""
+        cfg, acc = self.config, self.accelerator
+        stats: dict[str, list[torch.Tensor]] = {}
+        order_rng = torch.Generator().manual_seed(cfg.seed + self.step)
+        for _ in range(cfg.ppo_epochs):
+            for mini in torch.randperm(cfg.batch_size, generator=order_rng).split(cfg.mini_batch_size):
+                for micro in mini.split(cfg.micro_batch_size):
+                    with acc.accumulate(self.model):
+                        step_stats = self.micro_step(rollout, micro.to(rollout.mask.device))
+                        if acc.sync_gradients:
+                            step_stats["grad_norm"] = acc.clip_grad_norm_(self.actor_critic.trainable_parameters(), cfg.max_grad_norm)
+                        self.optimizer.step()
+                        if acc.sync_gradients:
+                            self.scheduler.step()
+                        self.optimizer.zero_grad()
+                    for name, value in step_stats.items():
+                        stats.setdefault(name, []).append(torch.as_tensor(value, dtype=torch.float32).detach().cpu())
+        return {name: torch.stack(values).mean().item() for name, values in stats.items()}
+
+    def micro_step(self, rollout: Rollout, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        mask = rollout.mask[rows]
+        logits, values = self.model(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_length)
+        logp = logprobs_from_logits(logits, rollout.response_ids[rows], cfg.temperature)
+        pg_loss, pg_stats = policy_loss(logp, rollout.logp[rows], rollout.advantages[rows], mask, cfg.cliprange)
+        vf_loss, vf_stats = value_loss(values.float(), rollout.values[rows], rollout.returns[rows], mask, cfg.cliprange_value)
+        entropy = masked_mean(entropy_from_logits(logits, cfg.temperature), mask)
+        self.accelerator.backward(pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy)
+        return {"policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach(), **pg_stats, **vf_stats}
+
+    # -------------------------------------------------------------------------------------------------- logging
+    def rollout_metrics(self, rollout: Rollout) -> dict[str, float]:
+        mask, scale = rollout.mask, self.kl_ctl.kl_coef
+        normalized_score = rollout.rewards.sum(-1) + scale * rollout.kl  # the score term alone (the KL part removed)
+        return {
+            "reward_normalized_mean": normalized_score.mean().item(),
+            "rlhf_reward": rollout.rewards.sum(-1).mean().item(),
+            "kl": rollout.kl.mean().item(),
+            "entropy": masked_mean(rollout.entropy, mask).item(),
+            "explained_variance": explained_variance(rollout.values, rollout.returns, mask).item(),
+            "value_mean": masked_mean(rollout.values, mask).item(),
+            "response_length": mask.sum(-1).mean().item(),
+            "eos_rate": rollout.has_eos.float().mean().item(),
+        }
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        """Every step: console, ``metrics.jsonl`` in the run folder and the trackers in report_to."""
+        self.accelerator.log(metrics, step=metrics["step"])
+        if not self.accelerator.is_main_process:
+            return
+        append_jsonl(self.run_dir / "metrics.jsonl", [metrics])
+        logger.info(
+            "step %d/%d reward %.3f±%.3f kl %.3f (coef %.3g) entropy %.3f clipfrac %.3f value_loss %.4f "
+            "explained_var %.2f length %.1f eos %.0f%% | generation %.1fs scoring %.1fs training %.1fs",
+            metrics["step"], self.total_steps, metrics["reward_mean"], metrics["reward_std"], metrics["kl"],
+            metrics["kl_coef"], metrics["entropy"], metrics["clipfrac"], metrics["value_loss"],
+            metrics["explained_variance"], metrics["response_length"], 100 * metrics["eos_rate"],
+            metrics["time_generation"], metrics["time_scoring"], metrics["time_training"],
+        )
+
+    def write_samples(self, rollout: Rollout) -> None:
+        """The first ``num_samples`` rollouts of the main process with their scores: samples.jsonl (+ a wandb table)."""
+        if not self.accelerator.is_main_process or self.config.num_samples <= 0:
+            return
+        rows = [
+            {"step": self.step + 1, "prompt": p, "response": r, "score": s, "kl": k, "finished": bool(e)}
+            for p, r, s, k, e in zip(
+                rollout.prompts, rollout.responses, rollout.scores.tolist(), rollout.kl.tolist(), rollout.has_eos.tolist()
+            )
+        ][: self.config.num_samples]
+        append_jsonl(self.run_dir / "samples.jsonl", rows)
+        if {"wandb", "all"} & set(self.config.report_to):
+            import wandb
+
+            columns = list(rows[0])
+            table = wandb.Table(columns=columns, data=[[str(row[c]) for c in columns] for row in rows])
+            self.accelerator.get_tracker("wandb", unwrap=True).log({"samples": table}, step=self.step + 1)
+
+    # -------------------------------------------------------------------------------------------------- checkpoints
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "kl_controller": self.kl_ctl.state_dict(),
+            "reward_moments": self.reward_moments.state_dict(),
+            "world_size": self.accelerator.num_processes,
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoint-<step>`` atomically: everything goes to a temporary folder renamed into place last, so
+        an interrupted save never leaves a checkpoint that looks complete."""
+        from safetensors.torch import save_file
+
+        acc = self.accelerator
+        final = self.run_dir / f"{CHECKPOINT_PREFIX}{self.step}"
+        temp = self.run_dir / f"{TEMP_PREFIX}{self.step}"
+        if acc.is_main_process:
+            for stale in self.run_dir.glob(f"{TEMP_PREFIX}*"):
+                shutil.rmtree(stale)
+            temp.mkdir()
+        acc.wait_for_everyone()
+        torch.save(rng_state(), temp / f"rng_state_{acc.process_index}.pth")
+        if acc.is_main_process:
+            model = self.actor_critic
+            model.model.save_pretrained(str(temp), selected_adapters=[POLICY])
+            save_file(model.value_state(), str(temp / "value_state.safetensors"))
+            torch.save(self.optimizer.state_dict(), temp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), temp / "scheduler.pt")
+            write_json(temp / "trainer_state.json", self.checkpoint_state())
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(temp, final)
+            self.prune_checkpoints()
+            logger.info("Saved %s", final)
+        acc.wait_for_everyone()
+        return final
+
+    def prune_checkpoints(self) -> None:
+        limit = self.config.save_total_limit
+        if limit is None:
+            return
+        found = sorted(
+            (int(p.name[len(CHECKPOINT_PREFIX):]), p)
+            for p in self.run_dir.glob(f"{CHECKPOINT_PREFIX}*")
+            if p.name[len(CHECKPOINT_PREFIX):].isdigit()
+        )
+        for _, path in found[: max(len(found) - limit, 0)]:
+            shutil.rmtree(path)
+
+    def load_checkpoint(self) -> None:
+        """Restore adapters, value head, optimizer, scheduler, KL controller, reward moments, RNG and step."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        found = resume_from(self.run_dir, self.resume)
+        if found is None:
+            return
+        path, model = Path(found), self.actor_critic
+        state = json.loads((path / "trainer_state.json").read_text())
+        if state["world_size"] != self.accelerator.num_processes:
+            raise AlignmentError(
+                f"{path} was written by {state['world_size']} processes; resume with the same number (got "
+                f"{self.accelerator.num_processes}), or start a new output_dir"
+            )
+        loaded = set_peft_model_state_dict(model.model, load_file(str(path / "adapter_model.safetensors")), adapter_name=POLICY)
+        unexpected = list(loaded.unexpected_keys) + model.load_state_dict(load_file(str(path / "value_state.safetensors")), strict=False).unexpected_keys
+        if unexpected:
+            raise AlignmentError(f"{path} does not match this model (unexpected weights {unexpected[:3]}...); was the recipe changed?")
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.reward_moments.load_state_dict(state["reward_moments"])
+        set_rng_state(torch.load(path / f"rng_state_{self.accelerator.process_index}.pth", weights_only=False))
+        self.step = state["step"]
+        if self.accelerator.is_main_process:
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                truncate_jsonl(self.run_dir / name, self.step)
+        logger.info("Resumed at PPO step %d/%d", self.step, self.total_steps)
+
+    def save_final(self) -> dict[str, Any]:
+        """Save the policy adapter alone, in plain peft format, in the run folder; write ``metrics.json``.
+
+        The other adapters are deleted first: call it once, after :meth:`train`."""
+        self.accelerator.end_training()
+        self.accelerator.wait_for_everyone()
+        history = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line] if (self.run_dir / "metrics.jsonl").is_file() else []
+        summary = {
+            "steps": self.step,
+            "episodes": self.step * self.config.batch_size * self.accelerator.num_processes,
+            "reward": self.reward.description,
+            **({"reward_mean_first_step": history[0]["reward_mean"], "final": history[-1]} if history else {}),
+        }
+        if self.accelerator.is_main_process:
+            model = self.actor_critic
+            model.keep_only_policy()
+            save_model(model.model, self.tokenizer, self.run_dir, kind="causal", method=self.model_args.method, stage="ppo", ppo_steps=self.step)
+            write_json(self.run_dir / "metrics.json", summary)
+        self.accelerator.wait_for_everyone()
+        return summary
