@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from alignment.errors import AlignmentError, DataError
 from alignment.run import stage_main
 
+RUN_INFO = ("recipe.yaml", "environment.json")
 RUN_FILES = ("manifest.json", "metrics.json", "log_history.json", "metrics.jsonl", "evaluation.json", "samples.jsonl")
 HEADLINE = (
     "pairwise_accuracy", "ece", "accuracy", "f1_macro", "loss", "eval_loss", "train_loss",
@@ -33,6 +34,7 @@ MAX_HEADLINE = 6
 PPO_PANELS = {"reward": {"reward", "rewards", "score", "scores"}, "KL": {"kl"}, "entropy": {"entropy"}}
 THROUGHPUT = ("_runtime", "_per_second")
 MAX_SAMPLE_ROWS = 50
+Panels = dict[str, dict[str, tuple[list, list]]]  # panel title -> line label -> (steps, values)
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f0f0f0}
 td.text{white-space:pre-wrap;max-width:480px}img{max-width:100%}pre{background:#f7f7f7;padding:.5em;overflow:auto}
@@ -50,7 +52,7 @@ def read_json(path: Path) -> Any:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """One dict per non-blank line; [] when absent. A last line without its newline (still being written) is skipped."""
+    """One dict per non-blank line; [] when absent. A broken last line without a newline (being written) is skipped."""
     if not path.is_file():
         return []
     text = path.read_text(encoding="utf-8")
@@ -102,11 +104,13 @@ class Figures:
 
 
 def fmt(value: Any) -> str:
-    """A metric value as short text (floats to 4 significant digits), not yet escaped."""
+    """A value as text, not yet escaped: floats to 4 significant digits, chat messages as ``role: content`` lines."""
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, list) and all(isinstance(v, (int, float, str)) for v in value):
         return ", ".join(fmt(v) for v in value)
+    if isinstance(value, list) and all(isinstance(m, dict) and {"role", "content"} <= m.keys() for m in value):
+        return "\n".join(f"{m['role']}: {fmt(m['content'])}" for m in value)
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
@@ -115,7 +119,8 @@ def table(header: list[str], rows: list[list[Any]], text_columns: frozenset[int]
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(
-            f'<td{" class=text" if i in text_columns else ""}>{html.escape(fmt(cell))}</td>' for i, cell in enumerate(row)
+            f'<td{" class=text" if i in text_columns else ""}>{html.escape(fmt(cell))}</td>'
+            for i, cell in enumerate(row)
         ) + "</tr>"
         for row in rows
     )
@@ -144,7 +149,7 @@ def series(rows: list[dict], key: str) -> tuple[list, list]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def line_panels(panels: dict[str, dict[str, tuple[list, list]]]) -> Figure:
+def line_panels(panels: Panels) -> Figure:
     """One subplot per panel, one line per labelled series, steps on x."""
     fig = Figure(figsize=(4.5 * len(panels), 3.5))
     for ax, (title, lines) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items()):
@@ -155,7 +160,7 @@ def line_panels(panels: dict[str, dict[str, tuple[list, list]]]) -> Figure:
     return fig
 
 
-def train_eval_panels(history: list[dict], names: list[str]) -> dict[str, dict[str, tuple[list, list]]]:
+def train_eval_panels(history: list[dict], names: list[str]) -> Panels:
     """Per name: its train series and its ``eval_`` series, whichever exist."""
     panels = {}
     for name in names:
@@ -170,29 +175,36 @@ def curves_sections(history: list[dict], figures: Figures, level: int) -> list[s
     """Loss curves, DPO reward curves (``rewards/*``) and the table of evaluations over steps."""
     out = []
     if panels := train_eval_panels(history, ["loss"]):
-        out.append(section(figures.prefix + "loss", "Loss", figures.add(line_panels(panels), "loss", "train and eval loss"), level))
-    dpo_names = sorted({k.removeprefix("eval_") for row in history for k in row if k.removeprefix("eval_").startswith("rewards/")})
-    if panels := train_eval_panels(history, dpo_names):
-        out.append(section(figures.prefix + "dpo-rewards", "DPO rewards", figures.add(line_panels(panels), "dpo-rewards", "implicit rewards"), level))
+        figure = figures.add(line_panels(panels), "loss", "train and eval loss")
+        out.append(section(figures.prefix + "loss", "Loss", figure, level))
+    names = {key.removeprefix("eval_") for row in history for key in row}
+    if panels := train_eval_panels(history, sorted(n for n in names if n.startswith("rewards/"))):
+        figure = figures.add(line_panels(panels), "dpo-rewards", "DPO implicit rewards")
+        out.append(section(figures.prefix + "dpo-rewards", "DPO rewards", figure, level))
     evals = [row for row in history if "eval_loss" in row]
-    columns = list(dict.fromkeys(k for row in evals for k in row if k.startswith("eval_") and not k.endswith(THROUGHPUT)))
+    columns = dict.fromkeys(k for row in evals for k in row if k.startswith("eval_") and not k.endswith(THROUGHPUT))
     if evals:
         rows = [[row.get("step", ""), *(row.get(c, "") for c in columns)] for row in evals]
         out.append(section(figures.prefix + "eval-history", "Evaluations", table(["step", *columns], rows), level))
     return out
 
 
-def ppo_section(steps: list[dict], figures: Figures, level: int) -> str:
-    """Reward, KL and entropy keys of PPO's per-step metrics (matched by name token), one panel each."""
-    panels: dict[str, dict[str, tuple[list, list]]] = {}
+def ppo_panels(steps: list[dict]) -> Panels:
+    """PPO's per-step keys whose name has a reward, KL or entropy token, grouped into one panel each."""
+    panels: Panels = {}
     for key in dict.fromkeys(k for row in steps for k in row if k != "step"):
         tokens = set(re.split(r"[^a-z0-9]+", key.lower()))
         for title, words in PPO_PANELS.items():
             if tokens & words and (points := series(steps, key))[0]:
                 panels.setdefault(title, {})[key] = points
-    if not panels:
+    return panels
+
+
+def ppo_section(steps: list[dict], figures: Figures, level: int) -> str:
+    if not (panels := ppo_panels(steps)):
         return ""
-    return section(figures.prefix + "ppo", "PPO", figures.add(line_panels(panels), "ppo", "reward, KL and entropy per PPO step"), level)
+    figure = figures.add(line_panels(panels), "ppo", "reward, KL and entropy per PPO step")
+    return section(figures.prefix + "ppo", "PPO", figure, level)
 
 
 def metrics_sections(metrics: dict, figures: Figures, level: int) -> list[str]:
@@ -206,16 +218,23 @@ def metrics_sections(metrics: dict, figures: Figures, level: int) -> list[str]:
         for g, rows in groups.items()
     )
     if report := metrics.get("data_report"):
-        body += "<h{0}>data</h{0}><ul>".format(level + 1) + "".join(f"<li>{html.escape(str(line))}</li>" for line in report) + "</ul>"
+        items = "".join(f"<li>{html.escape(str(line))}</li>" for line in report)
+        body += f"<h{level + 1}>data</h{level + 1}><ul>{items}</ul>"
     out = [section(figures.prefix + "metrics", "Metrics", body, level)] if body else []
-    by_split = {split: m["accuracy_by_strength"] for split, m in metrics.items() if isinstance(m, dict) and m.get("accuracy_by_strength")}
-    if by_split:
-        fig = Figure(figsize=(4.5 * len(by_split), 3.5))
-        for ax, (split, accuracy) in zip(fig.subplots(1, len(by_split), squeeze=False)[0], by_split.items()):
-            ax.bar(range(len(accuracy)), list(accuracy.values()), tick_label=list(accuracy))
-            ax.set(title=f"{split}: pairwise accuracy", xlabel="preference strength (margin)", ylim=(0, 1))
-        out.append(section(figures.prefix + "accuracy-by-strength", "Accuracy by preference strength", figures.add(fig, "accuracy-by-strength", "RM accuracy by strength"), level))
+    by_split = {s: m.get("accuracy_by_strength") for s, m in metrics.items() if isinstance(m, dict)}
+    if by_split := {split: accuracy for split, accuracy in by_split.items() if accuracy}:
+        figure = figures.add(strength_bars(by_split), "accuracy-by-strength", "RM accuracy by preference strength")
+        out.append(section(figures.prefix + "accuracy-by-strength", "Accuracy by preference strength", figure, level))
     return out
+
+
+def strength_bars(by_split: dict[str, dict[str, float]]) -> Figure:
+    """One bar chart per split: pairwise accuracy per preference strength."""
+    fig = Figure(figsize=(4.5 * len(by_split), 3.5))
+    for ax, (split, accuracy) in zip(fig.subplots(1, len(by_split), squeeze=False)[0], by_split.items()):
+        ax.bar(range(len(accuracy)), list(accuracy.values()), tick_label=list(accuracy))
+        ax.set(title=f"{split}: pairwise accuracy", xlabel="preference strength (margin)", ylim=(0, 1))
+    return fig
 
 
 def evaluation_section(evaluation: dict, prefix: str, level: int) -> str:
@@ -247,8 +266,9 @@ def log_history(run_dir: Path) -> list[dict]:
     """``log_history.json``, else the log history in the last checkpoint's ``trainer_state.json`` (classifier runs)."""
     if (run_dir / "log_history.json").is_file():
         return read_json(run_dir / "log_history.json")
-    steps = {int(p.parent.name[11:]): p for p in run_dir.glob("checkpoint-*/trainer_state.json") if p.parent.name[11:].isdigit()}
-    return read_json(steps[max(steps)]).get("log_history", []) if steps else []
+    states = {p.parent.name.removeprefix("checkpoint-"): p for p in run_dir.glob("checkpoint-*/trainer_state.json")}
+    steps = [step for step in states if step.isdigit()]
+    return read_json(states[max(steps, key=int)]).get("log_history", []) if steps else []
 
 
 def stage_sections(run_dir: Path, figures: Figures, level: int) -> list[str]:
@@ -258,12 +278,13 @@ def stage_sections(run_dir: Path, figures: Figures, level: int) -> list[str]:
         out.append(ppo)
     out += metrics_sections(read_json(run_dir / "metrics.json") or {}, figures, level)
     if pngs := sorted(run_dir.glob("confusion_matrix*.png")):
-        out.append(section(figures.prefix + "confusion", "Confusion matrices", "".join(figures.add_file(p, p.stem) for p in pngs), level))
+        images = "".join(figures.add_file(png, png.stem) for png in pngs)
+        out.append(section(figures.prefix + "confusion", "Confusion matrices", images, level))
     if evaluation := read_json(run_dir / "evaluation.json"):
         out.append(evaluation_section(evaluation, figures.prefix, level))
     if samples := samples_table(read_jsonl(run_dir / "samples.jsonl")):
         out.append(section(figures.prefix + "samples", "Sample generations", samples, level))
-    files = [details(name, (run_dir / name).read_text(encoding="utf-8")) for name in ("recipe.yaml", "environment.json") if (run_dir / name).is_file()]
+    files = [details(name, (run_dir / name).read_text(encoding="utf-8")) for name in RUN_INFO if (run_dir / name).is_file()]
     if out and files:
         out.append(section(figures.prefix + "run-files", "Recipe and environment", "".join(files), level))
     return out
@@ -279,15 +300,17 @@ def pipeline_sections(root: Path, manifest: dict, figures: Figures) -> list[str]
     """Overview table (stage, status, wall time, outputs, headline metrics), then a section per stage folder."""
     stages = manifest.get("stages", {})
     rows = [
-        [name, s.get("status", ""), f"{s['wall_time_s']:.1f} s" if "wall_time_s" in s else "", s.get("outputs", []), headline(s.get("metrics", {}))]
+        [name, s.get("status", ""), f"{s['wall_time_s']:.1f} s" if "wall_time_s" in s else "", s.get("outputs", []),
+         headline(s.get("metrics", {}))]
         for name, s in stages.items()
     ]
-    out = [section("overview", "Pipeline", table(["stage", "status", "wall time", "outputs", "headline metrics"], rows), 2)]
+    overview = table(["stage", "status", "wall time", "outputs", "headline metrics"], rows)
+    out = [section("overview", "Pipeline", overview, 2)]
     for name, s in stages.items():
         folder = root / name
         parts = stage_sections(folder, figures.for_stage(name), 3) if folder.is_dir() else []
-        body = "".join(parts) or f"<p>No report files in {html.escape(str(folder))} (status: {html.escape(s.get('status', '?'))}).</p>"
-        out.append(section(f"stage-{name}", f"Stage: {name}", body, 2))
+        empty = f"No report files in {folder} (status: {s.get('status', '?')})."
+        out.append(section(f"stage-{name}", f"Stage: {name}", "".join(parts) or f"<p>{html.escape(empty)}</p>", 2))
     if environment := manifest.get("environment"):
         out.append(section("environment", "Environment", details("environment", json.dumps(environment, indent=2)), 2))
     return out
@@ -307,8 +330,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if not sections:
         raise AlignmentError(f"{run_dir} is not a run folder: expected one of {', '.join(RUN_FILES)}")
     title = html.escape(f"Run report: {run_dir}")
-    page = f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style></head><body><h1>{title}</h1>{"".join(sections)}</body></html>'
-    out.write_text(page, encoding="utf-8")
+    head = f'<head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style></head>'
+    body = f'<body><h1>{title}</h1>{"".join(sections)}</body>'
+    out.write_text(f'<!DOCTYPE html><html lang="en">{head}{body}</html>', encoding="utf-8")
     return out
 
 
