@@ -14,7 +14,7 @@ from alignment.pipeline import main as pipeline_main
 from helpers import ROOT
 
 TINY = {
-    "classify": {"max_samples": 48, "num_train_epochs": 1, "eval_strategy": "no", "save_strategy": "no", "load_best_model_at_end": False, "early_stopping_patience": None, "baseline": None},
+    "classify": {"max_samples": 48, "num_train_epochs": 1, "eval_strategy": "no", "save_strategy": "no", "load_best_model_at_end": False, "early_stopping_patience": None, "baseline": "none"},
     "sft": {"max_samples": 8, "max_steps": 2, "max_length": 96, "per_device_train_batch_size": 4, "save_strategy": "no", "num_samples": 1, "sample_max_new_tokens": 8},
     "candidates": {"dataset_path": "data/prompts/movie_reviews.jsonl", "max_samples": 4, "num_return_sequences": 3, "max_new_tokens": 12, "k": 3, "judgements_per_task": 2},
     "rm": {"model_name_or_path": "builtin:minilm-l6", "method": "full", "num_train_epochs": 1, "max_length": 64, "save_strategy": "no", "eval_strategy": "no", "validation_split": 0.0, "test_split": 0.25},
