@@ -28,7 +28,7 @@ RUN_INFO = ("recipe.yaml", "environment.json")
 RUN_FILES = ("manifest.json", "metrics.json", "log_history.json", "metrics.jsonl", "evaluation.json", "samples.jsonl")
 HEADLINE = (
     "pairwise_accuracy", "ece", "accuracy", "f1_macro", "loss", "eval_loss", "train_loss",
-    "mean_reward", "win_rate_vs_baseline", "kl_to_reference",
+    "mean_reward", "win_rate_vs_baseline", "kl_to_reference", "reward_mean_first_step", "reward_mean", "kl",
 )
 MAX_HEADLINE = 6
 PPO_PANELS = {"reward": {"reward", "rewards", "score", "scores"}, "KL": {"kl"}, "entropy": {"entropy"}}
@@ -190,12 +190,12 @@ def curves_sections(history: list[dict], figures: Figures, level: int) -> list[s
 
 
 def ppo_panels(steps: list[dict]) -> Panels:
-    """PPO's per-step keys whose name has a reward, KL or entropy token, grouped into one panel each."""
+    """PPO's per-step keys whose name has a reward, KL or entropy token (not a std), grouped into one panel each."""
     panels: Panels = {}
     for key in dict.fromkeys(k for row in steps for k in row if k != "step"):
         tokens = set(re.split(r"[^a-z0-9]+", key.lower()))
         for title, words in PPO_PANELS.items():
-            if tokens & words and (points := series(steps, key))[0]:
+            if tokens & words and "std" not in tokens and (points := series(steps, key))[0]:
                 panels.setdefault(title, {})[key] = points
     return panels
 

@@ -87,12 +87,13 @@ def classify_run(d: Path) -> None:
 
 
 def ppo_run(d: Path) -> None:
-    write_jsonl(d / "metrics.jsonl", [
-        {"step": s, "reward_mean": 0.1 * s, "objective/kl": 0.02 * s, "kl_coef": 0.05, "entropy": 2.0 - 0.1 * s, "policy_loss": 0.3}
+    steps = [
+        {"step": s, "reward_mean": 0.1 * s, "reward_std": 0.2, "kl": 0.02 * s, "kl_coef": 0.05, "entropy": 2.0 - 0.1 * s}
         for s in range(1, 6)
-    ])
-    write_json(d / "metrics.json", {"final": {"reward_mean": 0.5}})
-    write_jsonl(d / "samples.jsonl", [{"step": 5, "prompt": "Review:", "completion": XSS, "reward": 0.9}])
+    ]
+    write_jsonl(d / "metrics.jsonl", steps)
+    write_json(d / "metrics.json", {"steps": 5, "reward": "reward model runs/rm", "reward_mean_first_step": 0.1, "final": steps[-1]})
+    write_jsonl(d / "samples.jsonl", [{"step": 5, "prompt": "Review:", "response": XSS, "score": 0.9, "kl": 0.1, "finished": True}])
 
 
 def evaluate_run(d: Path) -> None:
@@ -186,9 +187,12 @@ def test_curves_pair_train_and_eval_series_by_step():
 
 
 def test_ppo_panels_group_reward_kl_and_entropy_keys():
-    steps = [{"step": 3, "reward_mean": 0.5, "objective/kl": 0.1, "kl_coef": 0.05, "entropy": 2.0, "policy_loss": 0.3, "skill": 1}]
+    steps = [
+        {"step": 3, "reward_mean": 0.5, "reward_std": 0.2, "rlhf_reward": 0.4, "objective/kl": 0.1, "kl_coef": 0.05,
+         "entropy": 2.0, "policy_loss": 0.3, "skill": 1},
+    ]
     assert ppo_panels(steps) == {
-        "reward": {"reward_mean": ([3], [0.5])},
+        "reward": {"reward_mean": ([3], [0.5]), "rlhf_reward": ([3], [0.4])},
         "KL": {"objective/kl": ([3], [0.1]), "kl_coef": ([3], [0.05])},
         "entropy": {"entropy": ([3], [2.0])},
     }
@@ -201,7 +205,7 @@ def test_pipeline_report_has_overview_and_a_section_per_stage(tmp_path):
     rows = dict(re.findall(r"<tr><td>(\w+)</td>(.*?)</tr>", page.split('<section id="stage-', 1)[0]))
     assert set(rows) == set(KINDS) | {"annotate"}
     assert rows["rm"].startswith(f"<td>done</td><td>12.2 s</td><td>{tmp_path / 'pipe' / 'rm'}</td>")
-    assert "test.pairwise_accuracy=0.8125" in rows["rm"]
+    assert "test.pairwise_accuracy=0.8125" in rows["rm"] and "final.reward_mean=0.5, final.kl=0.1" in rows["ppo"]
     assert "policies.runs/dpo.win_rate_vs_baseline=0.8125" in rows["evaluate"]
     assert rows["annotate"] == "<td>running</td><td></td><td></td><td></td>"
     expected = {"overview", "environment", "stage-annotate"}
