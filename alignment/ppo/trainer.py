@@ -315,7 +315,7 @@ class PPOTrainer:
                 entropy.append(entropy_from_logits(logits, cfg.temperature))
                 values.append(part_values.float())
             ref_logp = self.logprobs(input_ids, attention_mask, prompt_length, response_ids, reference=True)
-        responses = [tok.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(response_ids, mask)]
+        responses = self.decode(response_ids, mask)
         scores = torch.tensor(self.reward.score(prompts, responses), dtype=torch.float32, device=mask.device)
         has_eos = (response_ids == tok.eos_token_id).any(dim=-1)
         logp, values = torch.cat(logp), torch.cat(values)
@@ -332,6 +332,24 @@ class PPOTrainer:
         )
         timings = {"time_generation": generated - start, "time_scoring": time.perf_counter() - generated}
         return rollout, timings
+
+    def decode(self, response_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        """Response texts (up to and including EOS; special tokens dropped)."""
+        return [self.tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(response_ids, mask)]
+
+    @torch.no_grad()
+    def score_policy(self, prompts: list[Any], seed: int) -> tuple[list[str], list[float]]:
+        """One response per prompt sampled with ``seed`` and its raw score, for before/after comparisons; the
+        training RNG state is left as it was."""
+        state = rng_state()
+        torch.manual_seed(seed)
+        try:
+            with self.accelerator.autocast():
+                response_ids = self.sample(self.encode_prompts(prompts))
+        finally:
+            set_rng_state(state)
+        responses = self.decode(response_ids, response_mask(response_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id))
+        return responses, self.reward.score(prompts, responses)
 
     def normalize(self, scores: torch.Tensor) -> torch.Tensor:
         """Standardise scores with the reward model's saved statistics, else with running moments of all scores."""
