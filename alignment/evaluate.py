@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 class EvaluateArguments:
     policies: list[str] = field(default_factory=list, metadata={"help": "Policies to compare; the first is the baseline."})
     reward: str = field(default="", metadata={"help": "Reward spec: RM run folder, CLASSIFIER_RUN#label, or module:function."})
+    extra_rewards: list[str] = field(
+        default_factory=list, metadata={"help": "More reward specs reported per policy (e.g. the true objective)."}
+    )
     reference: str | None = field(default=None, metadata={"help": "Reference policy for KL (default: the baseline)."})
     bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for the confidence intervals."})
     output_dir: str | None = field(default=None, metadata={"help": "Where evaluation.json and samples go."})
@@ -59,6 +62,7 @@ def response_logprobs(model, tokenizer, prompts: list, responses: list[str]) -> 
 
 def evaluate_policies(prompts: list, args: EvaluateArguments, sampling: SamplingArguments) -> dict:
     reward = resolve_reward(args.reward)
+    extras = {spec: resolve_reward(spec) for spec in args.extra_rewards}
     reference_path = args.reference or args.policies[0]
     answers: dict[str, list[dict]] = {}
     own_logp: dict[str, np.ndarray] = {}
@@ -86,6 +90,11 @@ def evaluate_policies(prompts: list, args: EvaluateArguments, sampling: Sampling
             "kl_ci95": bootstrap_ci(kl, args.bootstrap),
             "mean_length_tokens": float(lengths.mean()),
             "eos_rate": float(np.mean([a["finished"] for a in answers[policy]])),
+            "extra_rewards": {
+                spec: {"mean": float(np.mean(x)), "ci95": bootstrap_ci(np.asarray(x, dtype=float), args.bootstrap)}
+                for spec, fn in extras.items()
+                for x in [fn(prompts, texts)]
+            },
         }
     samples = [
         {"prompt": p, **{policy: answers[policy][i]["text"] for policy in args.policies}} for i, p in enumerate(prompts)

@@ -100,7 +100,8 @@ def wiring(stage: StageSpec, root: Path, present: set[str]) -> dict[str, Any]:
         return {"output_dir": str(out), "reward_model": str(root / "rm"), **({"model_name_or_path": sft} if sft else {})}
     if stage.name == "evaluate":
         trained = [str(root / n) for n in ("dpo", "ppo") if n in present]
-        return {"output_dir": str(out), "policies": [p for p in [sft, *trained] if p], "reward": str(root / "rm")}
+        oracle = [f"{root / 'classify'}#positive"] if "classify" in present else []
+        return {"output_dir": str(out), "policies": [p for p in [sft, *trained] if p], "reward": str(root / "rm"), "extra_rewards": oracle}
     return {}
 
 
@@ -278,9 +279,11 @@ def summary(manifest: dict[str, Any]) -> str:
         for p in others:
             r = ev[p]
             heads.append(
-                f"{Path(p).name}: reward {ev[base]['mean_reward']:.3f} → {r['mean_reward']:.3f}, win rate vs SFT "
+                f"{Path(p).name}: RM reward {ev[base]['mean_reward']:.3f} → {r['mean_reward']:.3f}, win rate vs SFT "
                 f"{r['win_rate_vs_baseline']:.2f} (95% CI {r['win_rate_ci95'][0]:.2f}–{r['win_rate_ci95'][1]:.2f}), KL {r['kl_to_reference']:.2f}"
             )
+            for spec, x in r.get("extra_rewards", {}).items():
+                heads.append(f"{Path(p).name}: {Path(spec).name} {ev[base]['extra_rewards'][spec]['mean']:.3f} → {x['mean']:.3f}")
     return "\n".join(lines + [""] + heads)
 
 
