@@ -36,7 +36,9 @@ def cpu_has_fast_bf16() -> bool:
 
 def device_defaults() -> dict[str, Any]:
     """Trainer defaults for this machine: CPU unless CUDA is present; bf16 where the hardware does it natively;
-    no gradient checkpointing (it costs ~30% speed and is only worth it when memory runs short)."""
+    no gradient checkpointing (it costs ~30% speed and is only worth it when memory runs short); logged losses are the
+    real ones (transformers' default logs the window's average in place of a NaN/Inf step loss, hiding it from
+    :class:`NonFiniteLossGuard`)."""
     cuda = torch.cuda.is_available()
     bf16 = torch.cuda.is_bf16_supported() if cuda else cpu_has_fast_bf16()
     return {
@@ -47,6 +49,7 @@ def device_defaults() -> dict[str, Any]:
         "logging_steps": 5,
         "save_total_limit": 2,
         "dataloader_num_workers": 0,
+        "logging_nan_inf_filter": False,
     }
 
 
@@ -136,16 +139,21 @@ def resume_from(run_dir: str | Path, resume: bool) -> str | None:
 
 
 class NonFiniteLossGuard(TrainerCallback):
-    """Stop training at the first NaN/Inf loss, naming the step and the usual causes; the last good checkpoint stays."""
+    """Stop training at the first NaN/Inf loss or gradient norm, naming the step and the usual causes; the last good
+    checkpoint stays. Every checkpoint step is also a logging step, so no checkpoint is written unchecked."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_log = control.should_log or control.should_save
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            raise AlignmentError(
-                f"Loss became {loss} at step {state.global_step}. Likely causes: learning rate too high, fp16 "
-                "overflow (use bf16 or fp32), empty or all-masked batches, or bad labels. The last good checkpoint "
-                f"in {args.output_dir} is kept; lower learning_rate and re-run to resume from it."
-            )
+        for key, name in (("loss", "Loss"), ("grad_norm", "Gradient norm")):
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(value):
+                raise AlignmentError(
+                    f"{name} became {value} at step {state.global_step}. Likely causes: learning rate too high, fp16 "
+                    "overflow (use bf16 or fp32), empty or all-masked batches, or bad labels. The last good "
+                    f"checkpoint in {args.output_dir} is kept; lower learning_rate and re-run to resume from it."
+                )
 
 
 def final_evaluation(trainer) -> dict[str, Any]:
