@@ -1,0 +1,54 @@
+"""Shared by the reliability tests (imported as reliability.support): the figures file and the stages' recipe classes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from helpers import ROOT
+
+FIGURES = ROOT / "test-artifacts" / "reliability.json"
+
+
+def record(section: str, **figures: Any) -> None:
+    """Merge ``figures`` into ``section`` of test-artifacts/reliability.json (written atomically) and print them."""
+    FIGURES.parent.mkdir(exist_ok=True)
+    data = json.loads(FIGURES.read_text()) if FIGURES.is_file() else {}
+    data.setdefault(section, {}).update(figures)
+    tmp = FIGURES.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, FIGURES)
+    print(f"reliability {section}: {figures}")
+
+
+def stage_classes(stage: str) -> tuple[tuple[type, ...], dict[str, Any]]:
+    """The dataclasses and defaults a stage's ``main`` hands to ``parse_stage``."""
+    from trl import DPOConfig, RewardConfig, SFTConfig
+
+    from alignment import dpo, rm, sft
+    from alignment.classify import stage as classify
+    from alignment.data import DataArguments
+    from alignment.models import ModelArguments
+
+    if stage == "classify":
+        return classify.CLASSES, classify.DEFAULTS
+    own = {
+        "sft": (sft.SFTStageArguments, SFTConfig, sft.DEFAULTS),
+        "rm": (rm.RMStageArguments, RewardConfig, rm.DEFAULTS),
+        "dpo": (dpo.DPOStageArguments, DPOConfig, dpo.DEFAULTS),
+    }
+    stage_args, config, defaults = own[stage]
+    return (ModelArguments, DataArguments, stage_args, config), defaults
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The `error: ...` messages a stage printed (a progress bar may precede one on the same line)."""
+    return re.findall(r"(?:^|(?<=\]))error: .*", stderr, flags=re.MULTILINE)
