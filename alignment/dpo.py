@@ -50,16 +50,23 @@ class DPOStageArguments(ResumeArguments):
 
 
 class PlainMetricNames(TrainerCallback):
-    """Add plain-language copies of trl's DPO metrics (``eval_rewards/margins`` → ``eval_reward_margin``)."""
+    """Add plain-language copies of trl's DPO metrics (``eval_rewards/margins`` → ``eval_reward_margin``).
+
+    The trainer appends a copy of ``logs`` to ``state.log_history`` before callbacks run, so both are updated.
+    """
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs:
             return
-        for key in list(logs):
+        plain = {}
+        for key in logs:
             prefix = "eval_" if key.startswith("eval_") else ""
-            plain = PLAIN_NAMES.get(key.removeprefix(prefix))
-            if plain:
-                logs[prefix + plain] = logs[key]
+            name = PLAIN_NAMES.get(key.removeprefix(prefix))
+            if name:
+                plain[prefix + name] = logs[key]
+        logs.update(plain)
+        if state.log_history and all(state.log_history[-1].get(k) == logs[k] for k in logs if k not in plain):
+            state.log_history[-1].update(plain)
 
 
 @stage_main

@@ -11,6 +11,7 @@ predictions. Re-running the same command resumes from the last complete checkpoi
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -28,8 +29,8 @@ from alignment.data import DataArguments, load_data
 from alignment.errors import RecipeError
 from alignment.models import ModelArguments, load_model, load_tokenizer, save_model
 from alignment.predict import prediction_rows
-from alignment.run import stage_main, write_json
-from alignment.training import NonFiniteLossGuard, begin, parse_stage, resume_from
+from alignment.run import stage_main
+from alignment.training import NonFiniteLossGuard, begin, parse_stage, resume_from, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -163,8 +164,6 @@ def score_split(trainer: ClassifierTrainer, prepared: Prepared, split: str, text
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    import json
-
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
@@ -215,7 +214,7 @@ def main(argv: list[str]) -> None:
 
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     prepared = Prepared(tokenizer, tokenize(splits, tokenizer, args.max_length), label_names)
-    report: dict[str, Any] = {"label_names": label_names, "data_report": data.report}
+    report: dict[str, Any] = {"label_names": label_names}
     if spec:
         (model_args, _, args, config), best = search_then_parse(argv, spec, run_dir, prepared)
         report["search"] = {"best_params": best, "trials": str(run_dir / "search" / "trials.json")}
@@ -239,5 +238,5 @@ def main(argv: list[str]) -> None:
         report["comparison"] = comparison(report["test"], report["baseline"])
         for metric, row in report["comparison"].items():
             logger.info("test %s: fine-tuned %.4f, %s baseline %.4f (%+.4f)", metric, row["fine_tuned"], args.baseline, row["baseline"], row["gain"])
-    write_json(run_dir / "metrics.json", report)
+    write_results(trainer, run_dir, report, data.report)
     logger.info("classification finished: %s", {s: {m: report[s][m] for m in COMPARED} for s in ("validation", "test") if s in report})

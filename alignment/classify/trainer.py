@@ -6,6 +6,7 @@ from collections import Counter
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import SequentialSampler
 from transformers import Trainer
 
 from alignment.errors import RecipeError
@@ -65,6 +66,13 @@ class ClassifierTrainer(Trainer):
             kwargs["compute_loss_func"] = weighted_cross_entropy(class_weights)
         super().__init__(*args, **kwargs)
         self.head_learning_rate = head_learning_rate
+
+    def _get_eval_sampler(self, eval_dataset):
+        """Evaluation keeps the dataset's order: transformers also groups *eval* batches by length when
+        ``train_sampling_strategy`` is ``group_by_length``, which reorders ``predict()``'s rows against the texts."""
+        if eval_dataset is None or self.args.world_size > 1:
+            return None  # distributed: accelerate shards in order and gathers back in order
+        return SequentialSampler(eval_dataset)
 
     def create_optimizer(self, model=None):
         if self.head_learning_rate is not None and self.optimizer is None:
