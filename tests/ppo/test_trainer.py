@@ -21,15 +21,6 @@ BASE = "builtin:smollm2-135m-instruct"
 PROMPTS = ["I watched this film last weekend and", "The director's new thriller", "Honestly, the soundtrack", "The plot"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on shared 2-core machines OpenMP spin-waiting makes two threads several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _perturb(model, scale: float = 0.05) -> None:
     """Make LoRA B non-zero (it starts at zero), so the adapter changes the model's outputs."""
     torch.manual_seed(1)

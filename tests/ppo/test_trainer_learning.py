@@ -28,15 +28,6 @@ METRICS = {"reward_mean", "reward_std", "kl", "entropy", "clipfrac", "approx_kl"
            "response_length", "eos_rate", "time_generation", "time_training", "kl_coef", "learning_rate"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on shared 2-core machines OpenMP spin-waiting makes two threads several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _recipe(tmp_path: Path, **keys) -> list[str]:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in TRAIN_PROMPTS))

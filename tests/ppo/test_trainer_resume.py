@@ -17,15 +17,6 @@ from alignment.training import last_complete_checkpoint
 PROMPTS = ["I watched this film last weekend and", "The director's new thriller", "Honestly, the soundtrack", "The plot"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on shared 2-core machines OpenMP spin-waiting makes two threads several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _run_keys(tmp_path: Path, name: str) -> list[str]:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
