@@ -97,7 +97,9 @@ def wiring(stage: StageSpec, root: Path, present: set[str]) -> dict[str, Any]:
     if stage.name == "dpo":
         return {"output_dir": str(out), "dataset_path": prefs, **({"model_name_or_path": sft} if sft else {})}
     if stage.name == "ppo":
-        return {"output_dir": str(out), "reward_model": str(root / "rm"), **({"model_name_or_path": sft} if sft else {})}
+        # PPO optimises the reward model learnt from the judgements, whatever reward its own recipe names.
+        rm = {"reward_model": str(root / "rm"), "reward_label": None, "reward_function": None}
+        return {"output_dir": str(out), **rm, **({"model_name_or_path": sft} if sft else {})}
     if stage.name == "evaluate":
         trained = [str(root / n) for n in ("dpo", "ppo") if n in present]
         oracle = [f"{root / 'classify'}#positive"] if "classify" in present else []

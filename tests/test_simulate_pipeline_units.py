@@ -72,3 +72,26 @@ def test_bootstrap_interval_brackets_the_mean():
     values = np.random.default_rng(0).normal(1.0, 1.0, 400)
     lo, hi = bootstrap_ci(values, 500)
     assert lo < values.mean() < hi and hi - lo < 0.4
+
+
+def test_pipeline_wires_ppo_to_the_learnt_reward_model(tmp_path):
+    """Whatever reward the PPO recipe names (here a classifier label), the pipeline's PPO optimises its own RM."""
+    from alignment.data import DataArguments
+    from alignment.models import ModelArguments
+    from alignment.pipeline import StageSpec, as_flags, wiring
+    from alignment.ppo.args import PPOConfig
+    from alignment.training import ResumeArguments, parse_stage
+
+    root = tmp_path / "pipe"
+    (root / "rm").mkdir(parents=True)
+    (root / "sft").mkdir()
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "The plot"}\n')
+    recipe = tmp_path / "ppo.yaml"
+    recipe.write_text(yaml.safe_dump({"model_name_or_path": "x", "dataset_path": str(prompts), "reward_model": "clf",
+                                      "reward_label": "positive"}))
+    keys = wiring(StageSpec(name="ppo"), root, {"sft", "rm", "ppo"})
+    classes = (ModelArguments, DataArguments, ResumeArguments, PPOConfig)
+    _, _, _, config = parse_stage([str(recipe), *as_flags(keys)], "ppo", classes)
+    assert config.reward_model == str(root / "rm") and config.reward_label is None and config.reward_function is None
+    assert keys["model_name_or_path"] == str(root / "sft") and config.output_dir == str(root / "ppo")
