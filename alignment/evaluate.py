@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from alignment.config import parse_recipe
 from alignment.data import DataArguments, load_data
@@ -35,6 +36,9 @@ class EvaluateArguments:
     )
     reference: str | None = field(default=None, metadata={"help": "Reference policy for KL (default: the baseline)."})
     bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for the confidence intervals."})
+    use_chat_template: bool = field(
+        default=True, metadata={"help": "Render prompts through the chat template; false continues the raw text."}
+    )
     output_dir: str | None = field(default=None, metadata={"help": "Where evaluation.json and samples go."})
 
 
@@ -48,12 +52,24 @@ def bootstrap_ci(values: np.ndarray, n: int, seed: int = 0) -> tuple[float, floa
 
 
 @torch.no_grad()
-def response_logprobs(model, tokenizer, prompts: list, responses: list[str]) -> np.ndarray:
-    """Σ log p(response tokens | prompt) per pair, the response tokenised after the rendered prompt."""
+def response_logprobs(
+    model, tokenizer, prompts: list, responses: list[str], use_chat_template: bool = True, finished: list[bool] | None = None
+) -> np.ndarray:
+    """Σ log p(response tokens | prompt) per pair, the response tokenised after the rendered prompt, plus EOS where
+    the response ended with one (``finished``; all of them when not given).
+
+    Generated texts are stripped; a continuation of a raw prompt that ends in a word gets its separating space back,
+    so it is tokenised as it was sampled (" word", not "word").
+    """
     totals = []
-    for prompt, response in zip(prompts, responses):
-        p_ids = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-        r_ids = tokenizer(response + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
+    pairs = tqdm(enumerate(zip(prompts, responses)), total=len(prompts), desc="log-probs", unit="response", leave=False)
+    for i, (prompt, response) in pairs:
+        rendered = render_prompt(tokenizer, prompt, use_chat_template)
+        if not use_chat_template and response and not response[0].isspace() and rendered and not rendered[-1].isspace():
+            response = " " + response
+        p_ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        eos = (tokenizer.eos_token or "") if finished is None or finished[i] else ""
+        r_ids = tokenizer(response + eos, add_special_tokens=False)["input_ids"]
         ids = torch.tensor([p_ids + r_ids], device=model.device)
         logits = model(input_ids=ids).logits[0, len(p_ids) - 1 : -1].float()
         totals.append(torch.log_softmax(logits, -1).gather(-1, ids[0, len(p_ids) :, None]).sum().item())
@@ -68,15 +84,19 @@ def evaluate_policies(prompts: list, args: EvaluateArguments, sampling: Sampling
     own_logp: dict[str, np.ndarray] = {}
     for policy in args.policies:
         model, tok, _ = load_trained(policy, "causal")
-        answers[policy] = [o[0] for o in generate(model, tok, prompts, sampling, progress=True)]
-        own_logp[policy] = response_logprobs(model, tok, prompts, [a["text"] for a in answers[policy]])
+        outputs = generate(model, tok, prompts, sampling, use_chat_template=args.use_chat_template, progress=True)
+        answers[policy] = [o[0] for o in outputs]
+        own_logp[policy] = response_logprobs(
+            model, tok, prompts, [a["text"] for a in answers[policy]], args.use_chat_template, [a["finished"] for a in answers[policy]]
+        )
         del model
     ref_model, ref_tok, _ = load_trained(reference_path, "causal")
     results, baseline_rewards = {}, None
     for policy in args.policies:
         texts = [a["text"] for a in answers[policy]]
         rewards = np.asarray(reward(prompts, texts), dtype=float)
-        kl = own_logp[policy] - response_logprobs(ref_model, ref_tok, prompts, texts)
+        finished = [a["finished"] for a in answers[policy]]
+        kl = own_logp[policy] - response_logprobs(ref_model, ref_tok, prompts, texts, args.use_chat_template, finished)
         if baseline_rewards is None:
             baseline_rewards = rewards
         wins = (rewards > baseline_rewards).astype(float) + 0.5 * (rewards == baseline_rewards)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from alignment.data import read_rows
 from alignment.errors import DataError, ModelError, RecipeError
@@ -45,20 +46,20 @@ class Classifier:
     max_length: int = 512
 
     @torch.no_grad()
-    def probabilities(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+    def probabilities(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """``(len(texts), num_labels)`` class probabilities; texts are batched by length, results keep input order."""
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         order = np.argsort([len(x) for x in ids], kind="stable")
         out = np.zeros((len(ids), len(self.label_names)), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
+        for start in tqdm(range(0, len(order), batch_size), desc="classifying", unit="batch", disable=not progress):
             rows = order[start : start + batch_size]
             enc = self.tokenizer.pad([{"input_ids": ids[i]} for i in rows], return_tensors="pt").to(self.model.device)
             out[rows] = torch.softmax(self.model(**enc).logits.float(), dim=-1).cpu().numpy()
         return out
 
-    def predict(self, texts: list[str], batch_size: int = 32) -> list[dict[str, Any]]:
+    def predict(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> list[dict[str, Any]]:
         """One ``{"label", "probabilities"}`` dict per text."""
-        return prediction_rows(self.probabilities(texts, batch_size), self.label_names)
+        return prediction_rows(self.probabilities(texts, batch_size, progress), self.label_names)
 
     def scores(self, texts: list[str], label: str = "positive", batch_size: int = 32) -> list[float]:
         """The probability of ``label`` for each text (a reward in [0, 1])."""
@@ -114,7 +115,7 @@ def main(argv: list[str]) -> None:
     if not rows:
         raise RecipeError(f"{args.file}: no rows to classify")
     classifier = load_classifier(args.run_dir)
-    predictions = classifier.predict([r[args.text_column] for r in rows], batch_size=args.batch_size)
+    predictions = classifier.predict([r[args.text_column] for r in rows], batch_size=args.batch_size, progress=True)
     lines = [json.dumps(output_row(row, pred), ensure_ascii=False, default=str) + "\n" for row, pred in zip(rows, predictions)]
     if args.out:
         Path(args.out).write_text("".join(lines), encoding="utf-8")

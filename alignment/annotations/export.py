@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from alignment.annotations.records import Candidate, JudgementRecord
 from alignment.errors import DataError
 
@@ -110,7 +112,7 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
     """Write rows as UTF-8 JSON lines; return how many."""
     count = 0
     with open(path, "w", encoding="utf-8") as out:
-        for row in rows:
+        for row in tqdm(rows, desc=f"export {Path(path).name}", unit="row", leave=False):
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1
     return count
