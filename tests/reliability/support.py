@@ -35,6 +35,13 @@ def stage_classes(stage: str) -> tuple[tuple[type, ...], dict[str, Any]]:
 
     if stage == "classify":
         return classify.CLASSES, classify.DEFAULTS
+    if stage == "ppo":
+        from alignment.ppo.args import PPOConfig
+        from alignment.ppo.trainer import DEFAULTS
+        from alignment.training import ResumeArguments
+
+        # PPO needs exactly one reward source; a base that names one lets random recipes reach the other checks.
+        return (ModelArguments, DataArguments, ResumeArguments, PPOConfig), {**DEFAULTS, "reward_function": "length"}
     own = {
         "sft": (sft.SFTStageArguments, SFTConfig, sft.DEFAULTS),
         "rm": (rm.RMStageArguments, RewardConfig, rm.DEFAULTS),

@@ -20,7 +20,7 @@ from reliability.support import error_lines, record, stage_classes
 
 from helpers import run_stage
 
-STAGES = ("sft", "rm", "dpo")
+STAGES = ("sft", "rm", "dpo", "classify", "ppo")
 EXAMPLES_PER_STAGE = 250
 PATH_KEYS = ("dataset_path", "validation_path", "test_path")
 TRICKY_STRINGS = (
