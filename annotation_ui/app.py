@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import html
+import re
+import string
 import tempfile
 import time
 import uuid
@@ -38,6 +40,15 @@ document.addEventListener("keydown", (event) => {
 </script>
 """
 HELP = "Shortcuts: **Ctrl+Enter** submit · **Alt+S** skip · **Alt+Z** undo last."
+
+
+_MARKDOWN_PUNCTUATION = re.compile("([" + re.escape(string.punctuation.replace("&", "").replace(";", "")) + "])")
+
+
+def _markdown_literal(text: str) -> str:
+    """``text`` for a gr.Markdown, shown as written: HTML escaped, and every Markdown character (links, images,
+    emphasis, autolinks) backslash-escaped. A user name like ``[x](https://...)`` must not become a link."""
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", html.escape(text, quote=False))
 
 
 def _user(request: gr.Request) -> str:
@@ -182,7 +193,7 @@ class _AnnotateTab:
 
     def show(self, view: dict | None, progress: dict, note: str = "") -> list:
         """Updates for ``outputs`` that put ``view`` (or the all-done message) on screen."""
-        header = f"**{html.escape(progress['rater'])}** · {progress['done']} / {progress['total']} done"
+        header = f"**{_markdown_literal(progress['rater'])}** · {progress['done']} / {progress['total']} done"
         if view is None:
             hidden = [gr.update(visible=False)] * MAX_CANDIDATES
             return [None, header, "No tasks left for you. Thank you!", *hidden,
@@ -218,7 +229,7 @@ def build_app(store: AnnotationStore, title: str = "Preference annotation") -> g
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         for name in AnnotationAPI.ENDPOINTS:
             gr.api(_guarded(getattr(api, name)), api_name=name)
-        gr.Markdown(f"## {html.escape(title)}")
+        gr.Markdown(f"## {_markdown_literal(title)}")
         with gr.Tabs() as tabs:
             with gr.Tab("Annotate", id="annotate"):
                 tab = _AnnotateTab()

@@ -1,4 +1,5 @@
-"""Faults during real training runs of a tiny random Llama: kill -9 and re-run (resumes to the same final step),
+"""Faults during real training runs of a tiny random Llama (a tiny random BERT for classify): kill -9 and re-run
+(resumes to the same final step),
 torn checkpoints (skipped, never loaded), an unwritable run folder or a full disk (clear error before training), and
 a diverging run (stops at the first non-finite loss or gradient with exit 2, keeping the last good checkpoint)."""
 
@@ -38,14 +39,35 @@ STAGE_KEYS = {
     "sft": dict(method="full", dataset_path=str(ROOT / "data/sft/chat.jsonl"), num_samples=0),
     "rm": dict(method="full", dataset_path=str(ROOT / "data/preferences/demo.jsonl"), validation_split=0.0, stats_samples=8),
     "dpo": dict(method="lora", dataset_path=str(ROOT / "data/preferences/demo.jsonl"), validation_split=0.0),
+    "classify": dict(
+        method="full", dataset_path=str(ROOT / "data/sentiment/train.jsonl"), data_format="classification",
+        load_best_model_at_end=False, baseline="none",
+    ),
 }
 Run = namedtuple("Run", "stage recipe out log")
 
 
-def make_run(tmp_path: Path, tiny_llama_dir: str, stage: str, name: str = "run", **keys) -> Run:
-    """A recipe for ``stage`` on the tiny model, writing to tmp_path/<name>."""
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory, minilm_path) -> str:
+    """A random-init 2-layer BERT encoder with MiniLM-L6's tokenizer: the classify stage's stand-in for real weights."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    config = BertConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+    )
+    out = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def make_run(tmp_path: Path, model_dir: str, stage: str, name: str = "run", **keys) -> Run:
+    """A recipe for ``stage`` on the tiny model in ``model_dir``, writing to tmp_path/<name>."""
     recipe = tmp_path / f"{stage}-{name}.yaml"
-    recipe.write_text(yaml.safe_dump({"model_name_or_path": tiny_llama_dir, **COMMON, **STAGE_KEYS[stage], **keys}))
+    recipe.write_text(yaml.safe_dump({"model_name_or_path": model_dir, **COMMON, **STAGE_KEYS[stage], **keys}))
     return Run(stage, str(recipe), tmp_path / name, tmp_path / f"{name}.log")
 
 
@@ -90,12 +112,13 @@ def resumed(run: Run) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["sft", "rm", "dpo"])
-def test_killed_run_resumes_to_the_uninterrupted_final_step(tmp_path, tiny_llama_dir, stage):
-    reference = make_run(tmp_path, tiny_llama_dir, stage, "reference")
+@pytest.mark.parametrize("stage", ["sft", "rm", "dpo", "classify"])
+def test_killed_run_resumes_to_the_uninterrupted_final_step(tmp_path, request, stage):
+    model_dir = request.getfixturevalue("tiny_bert_dir" if stage == "classify" else "tiny_llama_dir")
+    reference = make_run(tmp_path, model_dir, stage, "reference")
     proc = launch(reference)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    killed = make_run(tmp_path, tiny_llama_dir, stage)
+    killed = make_run(tmp_path, model_dir, stage)
     kill_at = random.Random(f"{SEED}-{stage}").randint(1, 3)
     kill_after_checkpoint(killed, kill_at)
     proc = resumed(killed)
