@@ -1,0 +1,84 @@
+"""The shipped PPO recipes parse with the stage's own classes and defaults; the contract of
+tests/reliability/test_recipe_fuzz.py holds for the PPO stage too (parse_stage returns the dataclasses or raises one
+RecipeError naming the file), fuzzed from the demo recipe since a PPO recipe must name a reward to parse at all; a
+misspelt key gets the closest-key hint."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from alignment.data import DataArguments
+from alignment.errors import RecipeError
+from alignment.models import ModelArguments
+from alignment.ppo.args import PPOConfig
+from alignment.ppo.trainer import DEFAULTS
+from alignment.training import ResumeArguments, parse_stage
+
+from helpers import ROOT
+
+CLASSES = (ModelArguments, DataArguments, ResumeArguments, PPOConfig)
+RECIPES = sorted((ROOT / "recipes" / "ppo").glob("*.yaml"))
+
+
+def test_there_are_ppo_recipes():
+    assert {"demo.yaml", "keyword.yaml"} <= {p.name for p in RECIPES}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_recipe_parses_into_the_stage_classes(recipe):
+    model, data, resume, config = parse_stage([str(recipe)], "ppo", CLASSES, DEFAULTS)
+    assert model.method == "qlora" and model.load_in_4bit
+    assert Path(ROOT / data.dataset_path).is_file()
+    assert (config.reward_model is None) != (config.reward_function is None)
+    assert config.batch_size % (config.num_mini_batches * config.gradient_accumulation_steps) == 0
+    assert config.output_dir.startswith("runs/ppo-")
+
+
+def test_demo_recipe_rewards_the_classify_demo_positive_label():
+    _, _, _, config = parse_stage([str(ROOT / "recipes" / "ppo" / "demo.yaml")], "ppo", CLASSES, DEFAULTS)
+    classify = yaml.safe_load((ROOT / "recipes" / "classify" / "demo.yaml").read_text())
+    assert config.reward_model == classify["output_dir"] and config.reward_label == "positive"
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_misspelt_key_in_a_ppo_recipe_names_the_closest_key(recipe, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe.read_text().replace("kl_coef:", "kl_cof:"))
+    with pytest.raises(RecipeError, match=rf"{bad}: unknown key 'kl_cof'\. Did you mean 'kl_coef'\?"):
+        parse_stage([str(bad)], "ppo", CLASSES, DEFAULTS)
+
+
+VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 100), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
+    st.lists(st.integers(-1, 3), max_size=2), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+    st.sampled_from(["1e-4", "nan", "k3", "k9", "head", "adapter", "lora", "full", "keyword", "subtract", "[", "~"]),
+)
+
+
+def test_demo_recipe_with_random_changes_parses_or_raises_recipe_error(tmp_path):
+    demo = yaml.safe_load((ROOT / "recipes" / "ppo" / "demo.yaml").read_text())
+    keys = sorted({f.name for cls in CLASSES for f in dataclasses.fields(cls) if f.init})
+    path, outcomes = tmp_path / "recipe.yaml", Counter()
+
+    @settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(changes=st.dictionaries(st.sampled_from(keys) | st.text(min_size=1, max_size=10), VALUES, max_size=4))
+    def fuzz(changes):
+        path.write_text(yaml.safe_dump({**demo, **changes}, allow_unicode=True))
+        try:
+            parsed = parse_stage([str(path)], "ppo", CLASSES, DEFAULTS)
+        except RecipeError as exc:
+            outcomes["recipe_errors"] += 1
+            assert str(path) in str(exc), exc
+            return
+        outcomes["parsed"] += 1
+        assert [type(p) for p in parsed] == list(CLASSES)
+
+    fuzz()
+    assert outcomes["parsed"] > 0 and outcomes["recipe_errors"] > 0, outcomes
