@@ -33,7 +33,9 @@ def encode(tokenizer, prompt: Prompt, response: Response, max_length: int) -> li
 
     Chat tokenizers render the conversation through the chat template and keep the *last* ``max_length`` tokens
     (the final turns and the end of the response, where the reward is read). Encoders without a chat template read
-    the pair ``[CLS] prompt [SEP] response [SEP]``, truncating the prompt first.
+    the pair ``[CLS] prompt [SEP] response [SEP]`` and likewise keep the final tokens: the prompt loses its start
+    first (its final turns stay next to the response); a response longer than the whole budget keeps its end and
+    an empty prompt segment.
     """
     if tokenizer.chat_template is not None:
         ids = tokenizer.apply_chat_template(as_messages(prompt, response), tokenize=True, return_dict=False)
@@ -42,7 +44,18 @@ def encode(tokenizer, prompt: Prompt, response: Response, max_length: int) -> li
         return list(ids[-max_length:])
     text_p = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
     text_r = response if isinstance(response, str) else "\n".join(m["content"] for m in response)
-    return tokenizer(text_p, text_r, truncation="only_first", max_length=max_length)["input_ids"]
+    # Not tokenizer(text_p, text_r, truncation="only_first"): that cuts the prompt's *end* (its final turn) and raises
+    # when the response alone exceeds max_length.
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+    if len(tokenizer(text_r, add_special_tokens=False)["input_ids"]) >= budget:
+        text_p, strategy = "", "only_second"
+    else:
+        strategy = "only_first"
+    side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
+    try:
+        return tokenizer(text_p, text_r, truncation=strategy, max_length=max_length)["input_ids"]
+    finally:
+        tokenizer.truncation_side = side
 
 
 def init_reward_head(model) -> None:

@@ -76,3 +76,20 @@ def test_bad_preference_rows_are_named(tmp_path, row, message):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "prefs.jsonl line 3" in proc.stderr and message in proc.stderr.lower()
     assert "Traceback" not in proc.stderr
+
+
+def test_encoder_pairs_keep_the_final_tokens(minilm_path):
+    """An encoder RM reads [CLS] prompt [SEP] response [SEP]: the prompt loses its start first (its final turn stays
+    next to the response), and a response longer than the whole budget keeps its end instead of raising."""
+    from alignment.models import load_tokenizer
+    from alignment.rewards import encode
+
+    tok = load_tokenizer(minilm_path)
+    assert encode(tok, "hello there", "hi!", 64) == tok("hello there", "hi!")["input_ids"]
+    assert tok.decode(encode(tok, "one two three four five six", "alpha beta gamma", 8)) == (
+        "[CLS] five six [SEP] alpha beta gamma [SEP]"
+    )
+    long_reply = " ".join(["word"] * 20 + ["last"])
+    ids = encode(tok, [{"role": "user", "content": "first"}, {"role": "user", "content": "final"}], long_reply, 8)
+    assert len(ids) == 8 and tok.decode(ids) == "[CLS] [SEP] word word word word last [SEP]"
+    assert tok.truncation_side == "right"
