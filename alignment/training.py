@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 
 from alignment.config import parse_recipe, to_dict
 from alignment.errors import AlignmentError
@@ -81,7 +81,16 @@ def parse_stage(argv: list[str], stage: str, classes: tuple[type, ...], defaults
     merged = {**device_defaults(), "output_dir": default_output_dir(stage), **(defaults or {})}
     names = {f for c in classes for f in c.__dataclass_fields__}
     merged = {k: v for k, v in merged.items() if k in names}
-    return parse_recipe(argv, classes, defaults=merged, check_paths=("dataset_path", "validation_path", "test_path"))
+    parsed = parse_recipe(argv, classes, defaults=merged, check_paths=("dataset_path", "validation_path", "test_path"))
+    # ``label_names`` is the data layer's class names; transformers' TrainingArguments has a field of that name for
+    # the *input keys* holding labels, which, if set to class names, silently drops every eval loss and metric.
+    from alignment.data import DataArguments
+
+    if any(isinstance(p, DataArguments) for p in parsed):
+        for p in parsed:
+            if isinstance(p, TrainingArguments):
+                p.label_names = None
+    return parsed
 
 
 def begin(training_args, *configs) -> Path:

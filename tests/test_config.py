@@ -76,6 +76,13 @@ def test_stage_recipe_uses_trl_dataclasses(tmp_path):
     assert config.output_dir.startswith("runs/sft-")
 
 
+def test_label_names_are_class_names_not_the_trainers_label_keys(tmp_path):
+    """transformers' TrainingArguments.label_names (input keys) must not take the data layer's class names."""
+    recipe = write(tmp_path, "label_names: [negative, positive]\n")
+    _, data_args, config = parse_stage([recipe], "sft", (ModelArguments, DataArguments, SFTConfig))
+    assert data_args.label_names == ["negative", "positive"] and config.label_names is None
+
+
 def test_invalid_combination_is_a_recipe_error(tmp_path):
     recipe = write(tmp_path, "method: full\nload_in_4bit: true\n")
     with pytest.raises(RecipeError, match="invalid ModelArguments: a 4-bit base cannot be fully fine-tuned"):
