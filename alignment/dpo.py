@@ -65,8 +65,7 @@ class PlainMetricNames(TrainerCallback):
             if name:
                 plain[prefix + name] = logs[key]
         logs.update(plain)
-        if state.log_history and all(state.log_history[-1].get(k) == logs[k] for k in logs if k not in plain):
-            state.log_history[-1].update(plain)
+        state.log_history[-1].update(plain)
 
 
 @stage_main

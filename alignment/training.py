@@ -15,6 +15,7 @@ import torch
 from transformers import TrainerCallback, TrainingArguments
 
 from alignment.config import parse_recipe, to_dict
+from alignment.data import DataArguments
 from alignment.errors import AlignmentError
 from alignment.run import configure_wandb, default_output_dir, start_run, write_json
 
@@ -84,8 +85,6 @@ def parse_stage(argv: list[str], stage: str, classes: tuple[type, ...], defaults
     parsed = parse_recipe(argv, classes, defaults=merged, check_paths=("dataset_path", "validation_path", "test_path"))
     # ``label_names`` is the data layer's class names; transformers' TrainingArguments has a field of that name for
     # the *input keys* holding labels, which, if set to class names, silently drops every eval loss and metric.
-    from alignment.data import DataArguments
-
     if any(isinstance(p, DataArguments) for p in parsed):
         for p in parsed:
             if isinstance(p, TrainingArguments):
