@@ -3,7 +3,7 @@ fine-tune) and SmolLM2-135M + LoRA, on one seeded train/validation split. Report
 training time, wall time and pairs/s for each, against the target (>= 0.65 for the better model, <= 60 min training).
 
     python bench/rm_hh.py [PATH] [--models minilm,smollm] [--max-pairs N] [--epochs E] [--max-length L]
-                          [--work DIR] [--out results.json]
+                          [--train-pairs MODEL=N] [--work DIR] [--out results.json]
 
 PATH is the HH-RLHF folder (default ../shared/data/hh-rlhf) holding helpful-online/test.jsonl.gz and
 helpful-rejection-sampled/test.jsonl.gz (3,886 pairs). The split is built once: 10% of each subset (seeded) is held
@@ -126,8 +126,9 @@ def build_split(data: Path, work: Path, max_pairs: int | None, seed: int) -> tup
 def run_rm(name: str, train: Path, validation: Path, work: Path, args: argparse.Namespace) -> dict:
     spec = MODELS[name]
     keys = {**spec["keys"], **SHARED, "dataset_path": train, "validation_path": validation, "output_dir": work / name}
-    if spec["train_pairs"]:
-        keys["max_samples"] = spec["train_pairs"]
+    pairs = args.train_pairs.get(name, spec["train_pairs"])
+    if pairs:
+        keys["max_samples"] = pairs
     if args.epochs is not None:
         keys["num_train_epochs"] = args.epochs
     if args.max_length is not None:
@@ -193,12 +194,26 @@ def report(results: dict[str, dict]) -> dict:
     return {"models": results, "best": best, "targets": checks}
 
 
+def train_pairs_arg(text: str) -> dict[str, int]:
+    """``smollm=600,minilm=2000`` -> {"smollm": 600, "minilm": 2000}."""
+    try:
+        pairs = {k.strip(): int(v) for k, v in (item.split("=") for item in text.split(",") if item.strip())}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MODEL=N[,MODEL=N], got {text!r}") from None
+    unknown = sorted(set(pairs) - set(MODELS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    return pairs
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("path", nargs="?", type=Path, default=DEFAULT_DATA, help="HH-RLHF folder with the helpful subsets")
     p.add_argument("--models", default="minilm,smollm", help="Comma-separated, from: " + ", ".join(MODELS))
     p.add_argument("--max-pairs", type=int, default=None,
                    help="Use a seeded sample of N pairs of both subsets (split 90/10 as usual) - for quick checks.")
+    p.add_argument("--train-pairs", type=train_pairs_arg, default={}, metavar="MODEL=N[,MODEL=N]",
+                   help="Train MODEL on a seeded subset of N training pairs (the validation pairs stay the same).")
     p.add_argument("--epochs", type=float, default=None, help="Override every model's epochs.")
     p.add_argument("--max-length", type=int, default=None, help="Override every model's max_length (quick checks).")
     p.add_argument("--work", type=Path, default=None, help="Keep the split, logs and runs here (default: a temp dir).")

@@ -142,9 +142,26 @@ def _from_pretrained(path: str, kind: Kind, args: ModelArguments, label_kwargs: 
     if q is not None:
         kwargs["quantization_config"] = q
     try:
-        return _auto_class(kind).from_pretrained(path, **kwargs)
+        model = _auto_class(kind).from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"Could not load a {kind} model from '{args.model_name_or_path}': {exc}") from None
+    if q is not None:
+        release_checkpoint_mapping(model)
+    return model
+
+
+def release_checkpoint_mapping(model) -> None:
+    """Copy a quantised model's unquantised tensors (embeddings, norms, heads) into memory of their own.
+
+    They are loaded as views into the memory-mapped safetensors file, which keeps the mapping, and with it every page
+    quantisation read (the whole fp32 checkpoint), resident for the model's lifetime. Quantised (bitsandbytes)
+    parameters are already copies and are left alone."""
+    seen: set[int] = set()
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if id(tensor) in seen or type(tensor) not in (torch.nn.Parameter, torch.Tensor):
+            continue
+        seen.add(id(tensor))
+        tensor.data = tensor.data.clone()
 
 
 def load_model(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -84,3 +87,19 @@ def test_qlora_loads_4bit_and_export_merges_into_dequantised_base(tmp_path):
 def test_missing_model_folder_is_clear(tmp_path):
     with pytest.raises(ModelError, match="Model folder not found"):
         load_trained(tmp_path / "nothing")
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux /proc/self/maps")
+def test_4bit_load_releases_the_checkpoint_file(tmp_path):
+    """A 4-bit model keeps no view into the memory-mapped safetensors file (its pages would stay resident)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
+    tok = load_tokenizer("builtin:smollm2-135m-instruct")
+    args = ModelArguments(model_name_or_path=str(tmp_path / "tiny"), method="qlora", lora_r=4, lora_target_modules=["q_proj"])
+    model = load_model(args, "causal", tok, training=False)
+    gc.collect()
+    assert any("Linear4bit" in type(m).__name__ for m in model.modules())
+    assert str(tmp_path / "tiny" / "model.safetensors") not in Path("/proc/self/maps").read_text()
+    assert model.get_input_embeddings().weight.dtype == torch.float32
