@@ -15,7 +15,8 @@ Each variant runs in its own process, on the same model (SmolLM2-135M-Instruct),
 
 The reward model is a LoRA reward adapter on the same base, written once by a ``prepare`` process (an untrained head:
 memory does not depend on its weights). Per variant: the bytes of weights held, RSS after imports, after loading
-(and how much of it is the mmap'd safetensors file: fp32 parameters stay views into it), the peak during the step
+(and how much of it is the mmap'd safetensors file: plain transformers leaves a 4-bit model's fp32 parameters as
+views into it; the model layer copies them out), the peak during the step
 (Linux VmHWM, reset through /proc/self/clear_refs just before the step; sampled every 5 ms where that is not
 available), the peak of private (anonymous) memory during the step, and the process's lifetime peak (ru_maxrss,
 loading included). Prints the figures and the ratios single / naive; writes them to ``--json``.
@@ -354,7 +355,7 @@ def main() -> int:
               f"{r['step_anon_peak'] - r['anon_imports']:>19.0f} {r['step_seconds']:>7.1f}")
     print("MiB. weights = parameters + buffers held (4-bit packed weights, fp32 embeddings/norms, adapters, heads); RSS = "
           "resident set (ru_maxrss for the process peak; VmHWM for the step); (file) = RSS mapped from the safetensors "
-          "file after loading (fp32 parameters stay views into it); anon = private memory only.")
+          "file after loading (plain transformers keeps fp32 parameters as views into it); anon = private memory only.")
     print(f"single = PPOTrainer (value adapter + reward adapter on one base), single-head = the same with a value head, "
           f"naive = 4 separate models, sft = one QLoRA SFT step on {args.batch_size} rows, sft-micro = on {micro} rows "
           "(the PPO update's micro-batch)")
