@@ -27,6 +27,7 @@ from alignment.training import (
     final_metrics,
     parse_stage,
     resume_from,
+    score_labelled_positions_only,
     write_results,
 )
 
@@ -83,6 +84,7 @@ def main(argv: list[str]) -> None:
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path)
     # A fresh adapter on the starting policy (an SFT adapter is merged first), so that "adapter disabled" is that policy.
     model = load_model(model_args, "causal", tokenizer, continue_adapter=False)
+    score_labelled_positions_only()
     trainer = DPOTrainer(
         model=model,
         ref_model=None,  # peft policy: the reference is the base with the adapter disabled

@@ -30,6 +30,7 @@ from alignment.training import (
     final_metrics,
     parse_stage,
     resume_from,
+    score_labelled_positions_only,
     write_results,
 )
 
@@ -122,6 +123,7 @@ def main(argv: list[str]) -> None:
 
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path)
     model = load_model(model_args, "causal", tokenizer)
+    score_labelled_positions_only()
     sample_prompts = [prompt_of(r) for r in (evaluation or train).select(range(min(stage_args.num_samples, len(evaluation or train))))]
     trainer = SFTTrainer(
         model=model,

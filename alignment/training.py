@@ -54,6 +54,26 @@ def device_defaults() -> dict[str, Any]:
     }
 
 
+def score_labelled_positions_only() -> None:
+    """Make trl's fused LM head project only the positions that carry a label, on CPU too.
+
+    trl (1.16) scores only labelled positions where its Triton kernel runs (CUDA/XPU) and projects every position
+    elsewhere, to keep tile shapes fixed for compiled backends. On CPU, in eager mode, that spends the LM head (a fifth
+    of SmolLM2's FLOPs) and its softmax over the vocabulary on prompt and padding tokens whose loss is discarded.
+    The result is the same either way. Idempotent; a trl without the hook is left as it is."""
+    from trl.trainer import utils
+
+    original = getattr(utils, "_use_triton", None)
+    if original is None or getattr(original, "alignment_patched", False):
+        return
+
+    def compact(device) -> bool:
+        return device.type == "cpu" or original(device)
+
+    compact.alignment_patched = True
+    utils._use_triton = compact
+
+
 # Defaults the trl-based stages share (each adds its own on top): one epoch, evaluate and save each epoch, cosine
 # schedule with 5% warm-up, sequences up to 256 tokens.
 TRAINER_DEFAULTS = {
