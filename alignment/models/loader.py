@@ -156,12 +156,9 @@ def release_checkpoint_mapping(model) -> None:
     They are loaded as views into the memory-mapped safetensors file, which keeps the mapping, and with it every page
     quantisation read (the whole fp32 checkpoint), resident for the model's lifetime. Quantised (bitsandbytes)
     parameters are already copies and are left alone."""
-    seen: set[int] = set()
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if id(tensor) in seen or type(tensor) not in (torch.nn.Parameter, torch.Tensor):
-            continue
-        seen.add(id(tensor))
-        tensor.data = tensor.data.clone()
+    for tensor in [*model.parameters(), *model.buffers()]:  # each once: tied weights are yielded once
+        if type(tensor) in (torch.nn.Parameter, torch.Tensor):
+            tensor.data = tensor.data.clone()
 
 
 def load_model(
