@@ -170,6 +170,11 @@ def _field_hints(cls: type) -> dict[str, Any]:
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
 
 
+def _field_choices(cls: type) -> dict[str, list]:
+    """Fields that declare their allowed values in ``metadata["choices"]`` (as transformers/trl do for argparse)."""
+    return {f.name: list(f.metadata["choices"]) for f in dataclasses.fields(cls) if f.init and "choices" in f.metadata}
+
+
 def _suggest(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
@@ -238,14 +243,19 @@ def build_dataclasses(
     for key in values:
         if key not in valid:
             raise RecipeError(f"{source}: unknown key '{key}'.{_suggest(str(key), valid)}")  # YAML keys may be numbers
+    choices = [_field_choices(c) for c in classes]
     kwargs: list[dict[str, Any]] = [{} for _ in classes]
     for key, value in values.items():
-        for h, kw in zip(hints, kwargs):
+        for h, allowed, kw in zip(hints, choices, kwargs):
             if key in h:
                 try:
                     kw[key] = coerce(value, h[key])
                 except TypeError as exc:
                     raise RecipeError(f"{source}: key '{key}': {exc}") from None
+                if key in allowed and kw[key] is not None and kw[key] not in allowed[key]:
+                    raise RecipeError(
+                        f"{source}: key '{key}': expected one of {', '.join(map(str, allowed[key]))}, got {_shown(value)}"
+                    )
     for key in check_paths:
         value = values.get(key)
         if isinstance(value, str) and _looks_local(value) and not Path(value).exists():

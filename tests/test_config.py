@@ -99,3 +99,16 @@ def test_coerce_rejects_bool_for_int():
     with pytest.raises(TypeError):
         coerce(True, int)
     assert coerce("2.5", float | None) == 2.5
+
+
+def test_sft_groups_batches_by_length_unless_the_recipe_says_otherwise(tmp_path):
+    from alignment.sft import DEFAULTS
+
+    recipe = write(tmp_path, "learning_rate: 1e-4\n")
+    classes = (ModelArguments, DataArguments, SFTConfig)
+    *_, config = parse_stage([recipe], "sft", classes, DEFAULTS)
+    assert config.train_sampling_strategy == "group_by_length"
+    *_, config = parse_stage([recipe, "--train_sampling_strategy", "random"], "sft", classes, DEFAULTS)
+    assert config.train_sampling_strategy == "random"
+    with pytest.raises(RecipeError, match="train_sampling_strategy"):
+        parse_stage([recipe, "--train_sampling_strategy", "by_length"], "sft", classes, DEFAULTS)
