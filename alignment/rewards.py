@@ -28,8 +28,11 @@ def as_messages(prompt: Prompt, response: Response) -> list[dict[str, str]]:
     return p + r
 
 
-def encode(tokenizer, prompt: Prompt, response: Response, max_length: int) -> list[int]:
+def encode(tokenizer, prompt: Prompt, response: Response, max_length: int, prompt_turns: int | None = None) -> list[int]:
     """Token ids a reward model reads for ``prompt`` + ``response``.
+
+    ``prompt_turns`` keeps only the final N turns of a conversational prompt (1: the final user turn), before any
+    truncation; ``None`` keeps them all.
 
     Chat tokenizers render the conversation through the chat template and keep the *last* ``max_length`` tokens
     (the final turns and the end of the response, where the reward is read). Encoders without a chat template read
@@ -37,6 +40,8 @@ def encode(tokenizer, prompt: Prompt, response: Response, max_length: int) -> li
     first (its final turns stay next to the response); a response longer than the whole budget keeps its end and
     an empty prompt segment.
     """
+    if prompt_turns is not None and not isinstance(prompt, str):
+        prompt = list(prompt)[-prompt_turns:] if prompt_turns > 0 else []
     if tokenizer.chat_template is not None:
         ids = tokenizer.apply_chat_template(as_messages(prompt, response), tokenize=True, return_dict=False)
         if isinstance(ids, dict) or hasattr(ids, "keys"):
@@ -56,6 +61,11 @@ def encode(tokenizer, prompt: Prompt, response: Response, max_length: int) -> li
         return tokenizer(text_p, text_r, truncation=strategy, max_length=max_length)["input_ids"]
     finally:
         tokenizer.truncation_side = side
+
+
+def encoding_settings(meta: dict[str, Any]) -> dict[str, Any]:
+    """The :func:`encode` keywords a saved reward model was trained with (from its ``alignment_model.json``)."""
+    return {"max_length": meta.get("max_length", 512), "prompt_turns": meta.get("prompt_turns")}
 
 
 def init_reward_head(model) -> None:
@@ -88,11 +98,12 @@ class RewardModel:
     model: Any
     tokenizer: Any
     max_length: int
+    prompt_turns: int | None = None
     mean: float = 0.0
     std: float = 1.0
 
     def score(self, prompts: list[Prompt], responses: list[Response], *, batch_size: int = 8, normalize: bool = False, progress: bool = False) -> list[float]:
-        ids = [encode(self.tokenizer, p, r, self.max_length) for p, r in zip(prompts, responses)]
+        ids = [encode(self.tokenizer, p, r, self.max_length, self.prompt_turns) for p, r in zip(prompts, responses)]
         rewards: list[float] = []
         for start in tqdm(range(0, len(ids), 64), desc="scoring", disable=not progress):
             rewards.extend(score_ids(self.model, self.tokenizer, ids[start : start + 64], batch_size))
@@ -107,7 +118,7 @@ def load_reward_model(run_dir: str | Path, **overrides: Any) -> RewardModel:
     if model.config.num_labels != 1:
         raise ModelError(f"{run_dir} is not a reward model (num_labels={model.config.num_labels}, expected 1)")
     stats = meta.get("reward_stats", {})
-    return RewardModel(model, tokenizer, meta.get("max_length", 512), stats.get("mean", 0.0), stats.get("std", 1.0))
+    return RewardModel(model, tokenizer, **encoding_settings(meta), mean=stats.get("mean", 0.0), std=stats.get("std", 1.0))
 
 
 def preference_metrics(chosen: list[float], rejected: list[float], margins: list[float | None] | None = None, bins: int = 10) -> dict[str, Any]:

@@ -41,15 +41,21 @@ DEFAULTS = {**TRAINER_DEFAULTS, **PREFERENCE_DEFAULTS, "learning_rate": 1e-4, "p
 class RMStageArguments(ResumeArguments):
     use_margin: bool = field(default=True, metadata={"help": "Subtract the data's margin inside the loss when present."})
     stats_samples: int = field(default=512, metadata={"help": "Training pairs scored to compute the reward mean/std."})
+    prompt_turns: int | None = field(
+        default=None,
+        metadata={"help": "Keep only the final N turns of a conversational prompt (1: the final user turn); saved with "
+                  "the model so scoring encodes alike. Default: all turns, left-truncated to max_length."},
+    )
 
 
-def tokenize_pairs(dataset, tokenizer, max_length: int, use_margin: bool):
-    """Encode every pair once (left-truncated to ``max_length``) in the columns RewardTrainer takes as processed."""
+def tokenize_pairs(dataset, tokenizer, use_margin: bool, **settings):
+    """Encode every pair once (:func:`alignment.rewards.encode` with ``settings``: left-truncated to ``max_length``,
+    optionally the final ``prompt_turns`` only) in the columns RewardTrainer takes as processed."""
 
     def _encode(row):
         out = {
-            "chosen_ids": encode(tokenizer, row["prompt"], row["chosen"], max_length),
-            "rejected_ids": encode(tokenizer, row["prompt"], row["rejected"], max_length),
+            "chosen_ids": encode(tokenizer, row["prompt"], row["chosen"], **settings),
+            "rejected_ids": encode(tokenizer, row["prompt"], row["rejected"], **settings),
         }
         if use_margin and "margin" in row:
             out["margin"] = float(row["margin"] or 0.0)
@@ -86,7 +92,8 @@ def main(argv: list[str]) -> None:
 
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path)
     model = load_model(model_args, "seq_cls", tokenizer, num_labels=1, init_head=init_reward_head)
-    splits = {name: tokenize_pairs(ds, tokenizer, config.max_length, stage_args.use_margin) for name, ds in data.splits.items()}
+    settings = {"max_length": config.max_length, "prompt_turns": stage_args.prompt_turns}
+    splits = {name: tokenize_pairs(ds, tokenizer, stage_args.use_margin, **settings) for name, ds in data.splits.items()}
     held_out = "test" if "test" in splits else "validation" if "validation" in splits else None
     trainer = RewardTrainer(
         model=model,
@@ -106,7 +113,7 @@ def main(argv: list[str]) -> None:
     if trainer.is_world_process_zero():
         save_model(
             model, tokenizer, run_dir, kind="seq_cls", num_labels=1, method=model_args.method, stage="rm",
-            max_length=config.max_length, reward_stats=stats,
+            **settings, reward_stats=stats,
         )
     write_results(trainer, run_dir, {**metrics, "reward_stats": stats}, data.report)
 

@@ -14,7 +14,7 @@ validation pairs. Each model runs as its own ``python -m alignment.rm`` process,
 the figures come from its metrics.json (held-out pairwise accuracy; the trainer's train_runtime and
 train_samples_per_second, where one sample is one pair).
 
-Settings, chosen for this 2-core CPU (fp32, no bf16) from the token counts of these pairs (SmolLM2 chat template:
+Settings, chosen for a 2-core CPU without bf16 (fp32) from the token counts of these pairs (SmolLM2 chat template:
 median dialogue 273 tokens, 90th percentile 580; final reply median 83, 90th percentile ~220; final human turn
 median ~12). Sequences are left-truncated by the stage: the final reply and the final turns before it are kept.
 

@@ -7,6 +7,8 @@ from typing import Literal
 
 from trl import ModelConfig
 
+from alignment.models.pooling import Pooling
+
 Method = Literal["full", "freeze", "lora", "qlora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning"]
 PEFT_METHODS = ("lora", "qlora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning")
 
@@ -27,6 +29,11 @@ class ModelArguments(ModelConfig):
     method: Method = field(default="lora", metadata={"help": "Adaptation method (see class docstring)."})
     freeze_layers: int = field(
         default=0, metadata={"help": "Freeze the embeddings and the first N transformer layers (full fine-tuning)."}
+    )
+    pooling: Pooling = field(
+        default="auto",
+        metadata={"help": "Classifier/reward-model input: auto, model (the architecture's: BERT [CLS], LMs last token) "
+                  "or mean (masked mean, as sentence-transformers encoders are pretrained). See alignment/models/pooling.py."},
     )
     num_virtual_tokens: int = field(default=16, metadata={"help": "Virtual tokens for prompt/prefix/p-tuning."})
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Defaults to the model's."})

@@ -21,6 +21,7 @@ from filelock import FileLock
 from alignment.errors import ModelError
 from alignment.models import builtin
 from alignment.models.args import PEFT_METHODS, ModelArguments
+from alignment.models.pooling import apply_pooling, resolve_pooling
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,21 @@ def _from_pretrained(path: str, kind: Kind, args: ModelArguments, label_kwargs: 
         raise ModelError(f"Could not load a {kind} model from '{args.model_name_or_path}': {exc}") from None
     if q is not None:
         release_checkpoint_mapping(model)
+        use_one_4bit_kernel(model)
     return model
+
+
+def use_one_4bit_kernel(model) -> None:
+    """Make every 4-bit layer compute the same way in training and in inference.
+
+    bitsandbytes (0.50) on CPUs with avx512_bf16 repacks a 4-bit weight the first time its layer runs in eval mode
+    without grad, and from then on runs that layer through a fused bf16 inference kernel, training steps included.
+    Sampling and scoring then disagree (PPO: log-probs of the sampled tokens off by up to 0.13 nats) and a model's
+    outputs depend on whether it was evaluated before. Turned off here: 4-bit layers always dequantise and compute
+    in their compute dtype."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def release_checkpoint_mapping(model) -> None:
@@ -196,6 +211,8 @@ def load_model(
     fresh_head = kind == "seq_cls" and read_meta(path).get("kind") != "seq_cls"
     model = _from_pretrained(path, kind, args, label_kwargs)
     _sync_special_tokens(model, tokenizer)
+    if kind == "seq_cls":
+        apply_pooling(model, resolve_pooling(args.pooling, path, read_meta(path)))
     if init_head is not None and fresh_head:
         init_head(model)
     if training:
@@ -227,8 +244,11 @@ def _load_with_adapter(path: str, kind: Kind, args: ModelArguments, tokenizer, l
     elif kind == "seq_cls" and meta.get("num_labels"):
         label_kwargs = _label_kwargs(kind, None, meta["num_labels"])
     base_args = _with(args, model_name_or_path=_adapter_base(path))
-    base = _from_pretrained(_resolve(base_args.model_name_or_path), kind, base_args, label_kwargs)
+    base_path = _resolve(base_args.model_name_or_path)
+    base = _from_pretrained(base_path, kind, base_args, label_kwargs)
     _sync_special_tokens(base, tokenizer)
+    if kind == "seq_cls":
+        apply_pooling(base, resolve_pooling(args.pooling, base_path, meta))
     if training and (args.load_in_4bit or args.load_in_8bit):
         from peft import prepare_model_for_kbit_training
 
@@ -352,7 +372,8 @@ def log_footprint(model, name: str) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------- save / reload / merge
 def save_model(model, tokenizer, out_dir: str | Path, *, kind: Kind, **meta: Any) -> None:
     """Save weights (peft adapter or full checkpoint), tokenizer and ``alignment_model.json`` (kind, base the
-    adapter sits on — a ``builtin:`` name stays a name — labels and whatever else the stage passes)."""
+    adapter sits on — a ``builtin:`` name stays a name — a classifier's pooling, labels and whatever else the stage
+    passes)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
@@ -361,7 +382,8 @@ def save_model(model, tokenizer, out_dir: str | Path, *, kind: Kind, **meta: Any
     base = getattr(model, "alignment_base_model", None)
     if base and is_adapter(out):
         meta = {"base_model": base, "base_merged_from": getattr(model, "alignment_base_merged_from", None), **meta}
-    meta = {"kind": kind, **meta}
+    pooling = getattr(model, "alignment_pooling", None)
+    meta = {"kind": kind, **({"pooling": pooling} if pooling else {}), **meta}
     (out / META_FILE).write_text(json.dumps(meta, indent=2))
 
 

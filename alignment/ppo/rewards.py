@@ -23,7 +23,7 @@ from alignment.errors import RecipeError
 from alignment.models import load_tokenizer, read_meta
 from alignment.models.loader import is_adapter
 from alignment.ppo.args import PPOConfig
-from alignment.rewards import Prompt, encode, load_reward_model
+from alignment.rewards import Prompt, encode, encoding_settings, load_reward_model
 
 ScoreFn = Callable[[list[Prompt], list[str]], list[float]]
 
@@ -119,10 +119,10 @@ def adapter_reward(path: str, actor_critic, config: PPOConfig) -> RewardSource:
     meta = read_meta(path)
     actor_critic.add_reward_adapter(path)
     tokenizer = load_tokenizer(path)
-    max_length = meta.get("max_length", 512)
+    settings = encoding_settings(meta)
 
     def score(prompts: list[Prompt], responses: list[str]) -> list[float]:
-        ids = [encode(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
+        ids = [encode(tokenizer, p, r, **settings) for p, r in zip(prompts, responses)]
         return actor_critic.reward_scores(ids, tokenizer.pad_token_id, config.reward_batch_size)
 
     stats = meta.get("reward_stats") or {}

@@ -103,3 +103,27 @@ def test_4bit_load_releases_the_checkpoint_file(tmp_path):
     assert any("Linear4bit" in type(m).__name__ for m in model.modules())
     assert str(tmp_path / "tiny" / "model.safetensors") not in Path("/proc/self/maps").read_text()
     assert model.get_input_embeddings().weight.dtype == torch.float32
+
+
+def test_4bit_layers_compute_alike_in_eval_and_training(tmp_path):
+    """On CPUs with avx512_bf16, bitsandbytes would repack a 4-bit weight at the first no-grad eval forward and run a
+    bf16 inference kernel from then on; the loader keeps one kernel, so outputs do not depend on the mode or on an
+    earlier evaluation (on other CPUs bitsandbytes never repacks, and the test holds either way)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
+    tok = load_tokenizer("builtin:smollm2-135m-instruct")
+    args = ModelArguments(model_name_or_path=str(tmp_path / "tiny"), method="qlora", lora_r=4, lora_target_modules=["q_proj"])
+    model = load_model(args, "causal", tok, training=False)
+    ids = torch.randint(0, 512, (2, 12))
+    model.train()
+    with torch.no_grad():
+        trained = model(input_ids=ids).logits
+    model.eval()
+    with torch.no_grad():
+        evaluated = model(input_ids=ids).logits
+    layers = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    assert layers and not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    torch.testing.assert_close(evaluated, trained, rtol=0, atol=1e-5)

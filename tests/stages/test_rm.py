@@ -14,7 +14,7 @@ from helpers import ROOT, metrics, run_stage
 QUICK = dict(
     model_name_or_path="builtin:minilm-l6", method="full", learning_rate=5e-5, num_train_epochs=4,
     per_device_train_batch_size=8, max_length=128, save_strategy="no", eval_strategy="no", test_split=0.2,
-    validation_split=0.0,
+    validation_split=0.0, prompt_turns=1,
 )
 
 
@@ -40,6 +40,7 @@ def test_rm_learns_preferences(rm_run):
 def test_reloaded_rm_scores_identically_and_prefers_chosen(rm_run, tmp_path):
     rows = [json.loads(line) for line in (ROOT / "data/preferences/demo.jsonl").read_text().splitlines()][-24:]
     rm = load_reward_model(rm_run)
+    assert rm.prompt_turns == 1 and rm.max_length == 128  # the encoding the model was trained with
     chosen = rm.score([r["prompt"] for r in rows], [r["chosen"] for r in rows])
     again = load_reward_model(rm_run).score([r["prompt"] for r in rows], [r["chosen"] for r in rows])
     assert chosen == pytest.approx(again, abs=1e-6)
@@ -93,3 +94,21 @@ def test_encoder_pairs_keep_the_final_tokens(minilm_path):
     ids = encode(tok, [{"role": "user", "content": "first"}, {"role": "user", "content": "final"}], long_reply, 8)
     assert len(ids) == 8 and tok.decode(ids) == "[CLS] [SEP] word word word word last [SEP]"
     assert tok.truncation_side == "right"
+
+
+def test_prompt_turns_keeps_the_final_turns(minilm_path, tiny_llama_dir):
+    """prompt_turns: N keeps the final N turns of a conversational prompt (1: the final user turn), before truncation;
+    a string prompt is one turn; 0 drops the prompt."""
+    from alignment.models import load_tokenizer
+    from alignment.rewards import encode
+
+    turns = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "reply"}, {"role": "user", "content": "final"}]
+    tok = load_tokenizer(minilm_path)
+    assert tok.decode(encode(tok, turns, "answer", 64, prompt_turns=1)) == "[CLS] final [SEP] answer [SEP]"
+    assert tok.decode(encode(tok, turns, "answer", 64, prompt_turns=2)) == "[CLS] reply final [SEP] answer [SEP]"
+    assert encode(tok, turns, "answer", 64) == encode(tok, turns, "answer", 64, prompt_turns=3)
+    assert encode(tok, "final", "answer", 64, prompt_turns=1) == encode(tok, "final", "answer", 64)
+    assert tok.decode(encode(tok, turns, "answer", 64, prompt_turns=0)) == "[CLS] [SEP] answer [SEP]"
+    chat = load_tokenizer(tiny_llama_dir)
+    last = encode(chat, turns, "answer", 256, prompt_turns=1)
+    assert last == encode(chat, turns[-1:], "answer", 256) != encode(chat, turns, "answer", 256)
