@@ -38,12 +38,14 @@ def prediction_rows(probabilities: np.ndarray, label_names: list[str]) -> list[d
 
 @dataclass
 class Classifier:
-    """A trained classifier with its tokenizer, label names and the ``max_length`` it was trained with."""
+    """A trained classifier with its tokenizer, label names, and the ``max_length`` and precision (``bf16``: under
+    bf16 autocast, as the stage's own evaluations ran) it was trained with."""
 
     model: Any
     tokenizer: Any
     label_names: list[str]
     max_length: int = 512
+    bf16: bool = False
 
     @torch.no_grad()
     def probabilities(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
@@ -54,7 +56,9 @@ class Classifier:
         for start in tqdm(range(0, len(order), batch_size), desc="classifying", unit="batch", disable=not progress):
             rows = order[start : start + batch_size]
             enc = self.tokenizer.pad([{"input_ids": ids[i]} for i in rows], return_tensors="pt").to(self.model.device)
-            out[rows] = torch.softmax(self.model(**enc).logits.float(), dim=-1).cpu().numpy()
+            with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                logits = self.model(**enc).logits
+            out[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return out
 
     def predict(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> list[dict[str, Any]]:
@@ -74,7 +78,7 @@ def load_classifier(run_dir: str | Path, **overrides: Any) -> Classifier:
     names = meta.get("label_names") or [model.config.id2label[i] for i in range(model.config.num_labels)]
     if len(names) < 2:
         raise ModelError(f"{run_dir} is not a classifier (it has {len(names)} output); use alignment.score for reward models")
-    return Classifier(model, tokenizer, list(names), meta.get("max_length", 512))
+    return Classifier(model, tokenizer, list(names), meta.get("max_length", 512), bool(meta.get("bf16", False)))
 
 
 def input_rows(args: argparse.Namespace) -> list[dict[str, Any]]:

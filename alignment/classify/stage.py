@@ -223,7 +223,7 @@ def main(argv: list[str]) -> None:
         return
     save_model(
         trainer.model, tokenizer, run_dir, kind="seq_cls", label_names=label_names, method=model_args.method,
-        stage="classify", max_length=args.max_length,
+        stage="classify", max_length=args.max_length, bf16=config.bf16,
     )
     report.update(training_summary(trainer, output))
     for split in ("validation", "test"):

@@ -123,6 +123,11 @@ def trackers(report_to: list[str]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------------ trainer
+def check_method(model_args: ModelArguments) -> None:
+    if model_args.method not in PPO_METHODS:
+        raise RecipeError(f"PPO trains LoRA adapters on one shared base: method must be lora or qlora, got {model_args.method}")
+
+
 class PPOTrainer:
     """Build with :meth:`from_recipe`; :meth:`train` runs (or resumes) the steps, :meth:`save_final` then writes the
     policy adapter to the run folder."""
@@ -137,8 +142,7 @@ class PPOTrainer:
         *,
         resume: bool = True,
     ) -> None:
-        if model_args.method not in PPO_METHODS:
-            raise RecipeError(f"PPO trains LoRA adapters on one shared base: method must be lora or qlora, got {model_args.method}")
+        check_method(model_args)
         if not prompts:
             raise RecipeError("PPO needs at least one prompt in the training data")
         self.config, self.model_args, self.prompts = config, model_args, prompts
@@ -183,6 +187,7 @@ class PPOTrainer:
         model_args, data_args, resume_args, config = parse_stage(
             argv, "ppo", (ModelArguments, DataArguments, ResumeArguments, PPOConfig), DEFAULTS
         )
+        check_method(model_args)  # before the Accelerator: its precision is fixed once per process
         data = load_data(data_args, "prompts")
         accelerator = Accelerator(
             cpu=config.use_cpu,
