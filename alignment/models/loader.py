@@ -130,7 +130,9 @@ def _auto_class(kind: Kind):
     }[kind]
 
 
-def _from_pretrained(path: str, kind: Kind, args: ModelArguments, label_kwargs: dict[str, Any]):
+def _from_pretrained(path: str, kind: Kind, args: ModelArguments, label_kwargs: dict[str, Any], meta: dict[str, Any]):
+    """The checkpoint at ``path`` (quantised as ``args`` says), a classifier pooling as ``args.pooling`` resolves with
+    ``meta``, the run folder's record."""
     kwargs: dict[str, Any] = dict(
         dtype=torch_dtype(args.dtype),
         trust_remote_code=args.trust_remote_code,
@@ -149,6 +151,8 @@ def _from_pretrained(path: str, kind: Kind, args: ModelArguments, label_kwargs: 
     if q is not None:
         release_checkpoint_mapping(model)
         use_one_4bit_kernel(model)
+    if kind == "seq_cls":
+        apply_pooling(model, resolve_pooling(args.pooling, path, meta))
     return model
 
 
@@ -208,11 +212,10 @@ def load_model(
         base_name = path
     else:
         merged_from = None
-    fresh_head = kind == "seq_cls" and read_meta(path).get("kind") != "seq_cls"
-    model = _from_pretrained(path, kind, args, label_kwargs)
+    meta = read_meta(path)
+    fresh_head = kind == "seq_cls" and meta.get("kind") != "seq_cls"
+    model = _from_pretrained(path, kind, args, label_kwargs, meta)
     _sync_special_tokens(model, tokenizer)
-    if kind == "seq_cls":
-        apply_pooling(model, resolve_pooling(args.pooling, path, read_meta(path)))
     if init_head is not None and fresh_head:
         init_head(model)
     if training:
@@ -244,11 +247,8 @@ def _load_with_adapter(path: str, kind: Kind, args: ModelArguments, tokenizer, l
     elif kind == "seq_cls" and meta.get("num_labels"):
         label_kwargs = _label_kwargs(kind, None, meta["num_labels"])
     base_args = _with(args, model_name_or_path=_adapter_base(path))
-    base_path = _resolve(base_args.model_name_or_path)
-    base = _from_pretrained(base_path, kind, base_args, label_kwargs)
+    base = _from_pretrained(_resolve(base_args.model_name_or_path), kind, base_args, label_kwargs, meta)
     _sync_special_tokens(base, tokenizer)
-    if kind == "seq_cls":
-        apply_pooling(base, resolve_pooling(args.pooling, base_path, meta))
     if training and (args.load_in_4bit or args.load_in_8bit):
         from peft import prepare_model_for_kbit_training
 
