@@ -17,6 +17,7 @@ import numpy as np
 from trl import RewardConfig, RewardTrainer
 
 from alignment.data import DataArguments, load_data
+from alignment.errors import RecipeError
 from alignment.models import ModelArguments, load_model, load_tokenizer, save_model
 from alignment.rewards import encode, init_reward_head, preference_metrics, score_ids
 from alignment.run import stage_main
@@ -85,6 +86,8 @@ def main(argv: list[str]) -> None:
     model_args, data_args, stage_args, config = parse_stage(
         argv, "rm", (ModelArguments, DataArguments, RMStageArguments, RewardConfig), DEFAULTS
     )
+    if stage_args.prompt_turns is not None and stage_args.prompt_turns < 0:
+        raise RecipeError(f"key 'prompt_turns': expected a count of final turns >= 0 (0 drops the prompt), got {stage_args.prompt_turns}")
     data = load_data(data_args, "preference")
     run_dir = begin(config, model_args, data_args, stage_args)
     for line in data.report:

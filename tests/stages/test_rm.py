@@ -112,3 +112,10 @@ def test_prompt_turns_keeps_the_final_turns(minilm_path, tiny_llama_dir):
     chat = load_tokenizer(tiny_llama_dir)
     last = encode(chat, turns, "answer", 256, prompt_turns=1)
     assert last == encode(chat, turns[-1:], "answer", 256) != encode(chat, turns, "answer", 256)
+
+
+def test_negative_prompt_turns_is_a_recipe_error(tmp_path):
+    proc = run_stage("rm", "recipes/rm/demo.yaml", prompt_turns=-1, output_dir=tmp_path / "run")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "key 'prompt_turns'" in proc.stderr and ">= 0" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()  # stopped before the run folder or any model
