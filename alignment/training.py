@@ -1,5 +1,6 @@
 """What every training stage shares: recipe parsing with stage defaults, device/precision defaults, checkpoint
-discovery that skips half-written checkpoints, resume, and a guard that stops on a NaN/Inf loss."""
+discovery that skips half-written checkpoints, resume, a guard that stops on a NaN/Inf loss, and an exponential
+moving average of the trained weights."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from alignment.config import parse_recipe, to_dict
 from alignment.data import DataArguments
-from alignment.errors import AlignmentError
+from alignment.errors import AlignmentError, RecipeError
 from alignment.run import configure_wandb, default_output_dir, start_run, write_json
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,29 @@ class ResumeArguments:
     resume: bool = field(default=True, metadata={"help": "Continue from the last complete checkpoint in output_dir."})
 
 
+@dataclass
+class WeightAveragingArguments:
+    weight_averaging: Literal["none", "ema"] = field(
+        default="none",
+        metadata={"help": "ema: the final model is the exponential moving average of the trained weights over the "
+                  "steps (evaluations during training score the raw weights)."},
+    )
+    ema_decay: float = field(
+        default=0.999, metadata={"help": "EMA decay per optimizer step (0.999 averages over ~1,000 steps)."}
+    )
+
+    def check_weight_averaging(self, load_best_model_at_end: bool) -> None:
+        if not 0.0 < self.ema_decay < 1.0:
+            raise RecipeError(f"key 'ema_decay': expected a number between 0 and 1 (e.g. 0.999), got {self.ema_decay}")
+        if self.weight_averaging == "ema" and load_best_model_at_end:
+            raise RecipeError(
+                "weight_averaging: ema and load_best_model_at_end: true choose different final models; set one of them"
+            )
+
+    def callbacks(self) -> list[TrainerCallback]:
+        return [WeightAverage(self.ema_decay)] if self.weight_averaging == "ema" else []
+
+
 def parse_stage(argv: list[str], stage: str, classes: tuple[type, ...], defaults: dict[str, Any] | None = None):
     """Parse a stage recipe: device defaults < stage defaults < YAML < flags. ``output_dir`` defaults to
     ``runs/<stage>-<timestamp>``."""
@@ -113,7 +137,9 @@ def parse_stage(argv: list[str], stage: str, classes: tuple[type, ...], defaults
 
 
 def begin(training_args, *configs) -> Path:
-    """Create the run folder (writable, enough disk), write the resolved recipe, configure wandb."""
+    """Create the run folder (writable, enough disk), write the resolved recipe, configure wandb, and seed every RNG
+    with the recipe's ``seed`` (so a new head is initialised alike run after run, in or out of one process)."""
+    set_seed(training_args.seed)
     run_dir = start_run(training_args.output_dir, to_dict(*configs, training_args), is_main=training_args.process_index == 0)
     configure_wandb(training_args.report_to, run_dir, group=getattr(training_args, "run_name", None))
     return run_dir
@@ -182,6 +208,61 @@ class NonFiniteLossGuard(TrainerCallback):
                     "overflow (use bf16 or fp32), empty or all-masked batches, or bad labels. The last good "
                     f"checkpoint in {args.output_dir} is kept; lower learning_rate and re-run to resume from it."
                 )
+
+
+class WeightAverage(TrainerCallback):
+    """Exponential moving average of the trainable parameters, copied into the model when training ends.
+
+    After the t-th optimizer step of the average, ``avg <- avg + w_t * (param - avg)`` with
+    ``w_t = (1 - d) / (1 - d**t)``: the bias-corrected EMA, i.e. exactly the weighted mean of the weights after
+    steps 1..t with weights ``d**(t - s)``. The initial weights take no part in it, and the decay is not capped
+    during a warm-up, so a short run averages over ~1/(1 - d) steps as asked. Only trainable parameters are averaged (for LoRA
+    and QLoRA, the adapters and head), in their own dtype and device. Each checkpoint holds the average
+    (``weight_average.safetensors``), so a resumed run continues the same average. (torch's ``AveragedModel`` deep-
+    copies the whole module, 4-bit layers included; this keeps only the trained tensors.)"""
+
+    FILE = "weight_average.safetensors"
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.params: dict[str, torch.Tensor] = {}
+        self.average: dict[str, torch.Tensor] = {}
+        self.start = 0  # the step the average began at (after a resume without a saved average)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE
+        self.start = 0
+        if state.global_step and saved.is_file():
+            from safetensors.torch import load_file
+
+            loaded = load_file(str(saved))
+            self.average = {n: loaded[n].to(p.device, p.dtype) for n, p in self.params.items()}
+            logger.info("Weight average restored from %s", saved)
+        else:
+            if state.global_step:
+                logger.warning("No weight average in the resumed checkpoint: averaging starts at step %d", state.global_step)
+                self.start = state.global_step
+            self.average = {n: p.detach().clone() for n, p in self.params.items()}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        t = state.global_step - self.start
+        weight = (1.0 - self.decay) / (1.0 - self.decay**t)
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.average.values()), [p.detach() for p in self.params.values()], weight)
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save:
+            from safetensors.torch import save_file
+
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            save_file({n: t.contiguous() for n, t in self.average.items()}, str(checkpoint / self.FILE))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(self.average[name])
+        logger.info("Final weights: exponential moving average (decay %g) over %d steps", self.decay, state.global_step)
 
 
 def final_evaluation(trainer) -> dict[str, Any]:

@@ -43,3 +43,21 @@ def tiny_llama_dir(tmp_path_factory, smollm_path) -> str:
     LlamaForCausalLM(config).save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_path) -> str:
+    """A random-init 2-layer BERT encoder with MiniLM-L6's tokenizer: the classify stage's stand-in for real weights."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    config = BertConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+    )
+    out = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)

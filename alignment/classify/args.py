@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from alignment.training import WeightAveragingArguments
+
 
 @dataclass
-class ClassifyArguments:
+class ClassifyArguments(WeightAveragingArguments):
     max_length: int = field(default=128, metadata={"help": "Tokens per text; longer texts are truncated (tokenised once)."})
     head_learning_rate: float | None = field(
         default=None,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainerCallback, TrainingArguments
+from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainerCallback, TrainingArguments, set_seed
 
 from alignment.classify.args import ClassifyArguments
 from alignment.classify.baseline import evaluate_baseline
@@ -84,6 +84,7 @@ def searchable_keys() -> set[str]:
 def check_recipe(argv: list[str], args: ClassifyArguments, config: TrainingArguments) -> SearchSpec | None:
     """Checks that need no data or model: early stopping, the search block and its values."""
     evaluates = config.eval_strategy != "no"
+    args.check_weight_averaging(config.load_best_model_at_end)
     if args.early_stopping_patience is not None and (args.early_stopping_patience < 1 or not evaluates):
         raise RecipeError("early_stopping_patience must be >= 1 and needs eval_strategy: steps or epoch")
     if not args.search:
@@ -113,7 +114,8 @@ def check_splits(splits, args: ClassifyArguments, config: TrainingArguments) -> 
 
 def fit(model_args, args: ClassifyArguments, config, prepared: Prepared, callbacks: list[TrainerCallback] = (), resume: bool = False):
     """Train one model as the recipe says; returns ``(trainer, train_output)`` (the best model loaded when
-    ``load_best_model_at_end``)."""
+    ``load_best_model_at_end``). Seeded first: search trials initialise their heads alike."""
+    set_seed(config.seed)
     model = load_model(model_args, "seq_cls", prepared.tokenizer, label_names=prepared.label_names)
     train = prepared.encoded["train"]
     stopping = [EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold)] if args.early_stopping_patience else []
@@ -125,7 +127,7 @@ def fit(model_args, args: ClassifyArguments, config, prepared: Prepared, callbac
         processing_class=prepared.tokenizer,
         data_collator=DataCollatorWithPadding(prepared.tokenizer),
         compute_metrics=EvalMetrics(prepared.label_names),
-        callbacks=[NonFiniteLossGuard(), *stopping, *callbacks],
+        callbacks=[NonFiniteLossGuard(), *stopping, *args.callbacks(), *callbacks],
         class_weights=class_weights_tensor(args.class_weights, train["label"], prepared.label_names),
         head_learning_rate=args.head_learning_rate,
     )

@@ -47,23 +47,6 @@ STAGE_KEYS = {
 Run = namedtuple("Run", "stage recipe out log")
 
 
-@pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory, minilm_path) -> str:
-    """A random-init 2-layer BERT encoder with MiniLM-L6's tokenizer: the classify stage's stand-in for real weights."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(minilm_path)
-    config = BertConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=128, pad_token_id=tok.pad_token_id,
-    )
-    out = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
-
-
 def make_run(tmp_path: Path, model_dir: str, stage: str, name: str = "run", **keys) -> Run:
     """A recipe for ``stage`` on the tiny model in ``model_dir``, writing to tmp_path/<name>."""
     recipe = tmp_path / f"{stage}-{name}.yaml"

@@ -55,8 +55,11 @@ def test_bad_key_exits_2_before_loading_a_model(tmp_path):
         ({"class_weights": [1.0, 2.0, 3.0]}, r"class_weights: expected 2 non-negative weights"),
         ({"early_stopping_patience": 2, "eval_strategy": "no", "load_best_model_at_end": False}, "early_stopping_patience"),
         ({"baseline": "zero_shot"}, "baseline is scored on the test split"),
+        ({"weight_averaging": "ema"}, "weight_averaging: ema and load_best_model_at_end: true choose different"),
+        ({"ema_decay": 1.5, "load_best_model_at_end": False}, "key 'ema_decay': expected a number between 0 and 1"),
     ],
-    ids=["grid-needs-choices", "data-key", "bad-value", "search-metric", "best-metric", "weights", "patience", "baseline"],
+    ids=["grid-needs-choices", "data-key", "bad-value", "search-metric", "best-metric", "weights", "patience", "baseline",
+         "ema-and-best", "ema-decay"],
 )
 def test_bad_recipes_fail_before_loading_a_model(tmp_path, capsys, values, message):
     assert classify_main([recipe(tmp_path, **values)]) == 2
