@@ -93,7 +93,10 @@ def test_predict_cli_returns_the_evaluated_labels(sentiment_run, tmp_path):
         assert p["probabilities"]["positive"] == pytest.approx(e["probabilities"]["positive"], abs=1e-4)
     classifier = load_classifier(sentiment_run)
     texts = [p["text"] for p in predicted[:5]]
-    assert classifier.scores(texts, label="positive") == pytest.approx([p["probabilities"]["positive"] for p in predicted[:5]], abs=1e-4)
+    # These 5 texts pad to another length than the whole file's batches: under bf16 autocast (~3 significant digits)
+    # that moves probabilities by up to ~5e-4; in fp32 they agree to 1e-4.
+    tolerance = 2e-3 if json.loads((sentiment_run / "alignment_model.json").read_text()).get("bf16") else 1e-4
+    assert classifier.scores(texts, label="positive") == pytest.approx([p["probabilities"]["positive"] for p in predicted[:5]], abs=tolerance)
 
 
 @pytest.mark.slow
