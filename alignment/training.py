@@ -229,9 +229,13 @@ class WeightAverage(TrainerCallback):
         self.average: dict[str, torch.Tensor] = {}
         self.start = 0  # the step the average began at (after a resume without a saved average)
 
+    def path(self, args, state) -> Path:
+        """Where the checkpoint of the current step holds the average."""
+        return Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE
+
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE
+        saved = self.path(args, state)
         self.start = 0
         if state.global_step and saved.is_file():
             from safetensors.torch import load_file
@@ -255,8 +259,7 @@ class WeightAverage(TrainerCallback):
         if args.should_save:
             from safetensors.torch import save_file
 
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            save_file({n: t.contiguous() for n, t in self.average.items()}, str(checkpoint / self.FILE))
+            save_file({n: t.contiguous() for n, t in self.average.items()}, str(self.path(args, state)))
 
     def on_train_end(self, args, state, control, **kwargs):
         with torch.no_grad():
