@@ -3,7 +3,7 @@ fine-tune) and SmolLM2-135M + LoRA, on one seeded train/validation split. Report
 training time, wall time and pairs/s for each, against the target (>= 0.65 for the better model, <= 60 min training).
 
     python bench/rm_hh.py [PATH] [--models minilm,smollm] [--max-pairs N] [--epochs E] [--max-length L]
-                          [--train-pairs MODEL=N] [--work DIR] [--out results.json]
+                          [--train-pairs MODEL=N] [--set KEY=VALUE ...] [--work DIR] [--out results.json]
 
 PATH is the HH-RLHF folder (default ../shared/data/hh-rlhf) holding helpful-online/test.jsonl.gz and
 helpful-rejection-sampled/test.jsonl.gz (3,886 pairs). The split is built once: 10% of each subset (seeded) is held
@@ -41,7 +41,8 @@ For all: evaluation once after training (eval_strategy/save_strategy ``no``: no 
 pairs, no checkpoints; the final model is saved), reward mean/std over 128 training pairs (``stats_samples``; the
 stage default 512 would add minutes of SmolLM2 scoring to the wall time). These choices follow from the token
 budget; they were not tuned on the validation pairs. ``--max-pairs``, ``--epochs`` and ``--max-length`` override
-them for quick checks (e.g. ``--max-pairs 64 --max-length 32`` runs in about a minute).
+them for quick checks (e.g. ``--max-pairs 64 --max-length 32`` runs in about a minute); ``--set KEY=VALUE`` sets
+any other stage key for every model run (experiments: settings chosen that way are chosen on the validation pairs).
 """
 
 from __future__ import annotations
@@ -159,6 +160,7 @@ def run_rm(name: str, train: Path, validation: Path, work: Path, args: argparse.
         keys["num_train_epochs"] = args.epochs
     if args.max_length is not None:
         keys["max_length"] = args.max_length
+    keys.update(args.set)
     cmd = [sys.executable, "-m", "alignment.rm", spec["recipe"]] + [f"--{k}={v}" for k, v in keys.items()]
     log = work / f"{name}.log"
     print(f"[{name}] training: max_length {keys['max_length']}, {keys['num_train_epochs']:g} epoch(s), batch "
@@ -185,7 +187,7 @@ def run_rm(name: str, train: Path, validation: Path, work: Path, args: argparse.
         "wall_seconds": wall,
         "pairs_per_second": train_m["train_samples_per_second"],
         "train_loss": train_m.get("train_loss"),
-        "settings": {k: keys[k] for k in (*spec["keys"], *(("max_samples",) if "max_samples" in keys else ()))},
+        "settings": {k: keys[k] for k in dict.fromkeys([*spec["keys"], *args.set, *(("max_samples",) if pairs else ())])},
         "data_report": m.get("data_report", []),
     }
     print(f"[{name}] validation accuracy {accuracy:.4f} on {n} pairs, training {result['train_seconds']:.0f} s, "
@@ -232,6 +234,14 @@ def train_pairs_arg(text: str) -> dict[str, int]:
     return pairs
 
 
+def stage_key(text: str) -> tuple[str, str]:
+    """``learning_rate=3e-5`` -> ("learning_rate", "3e-5"), passed to the stage as ``--learning_rate=3e-5``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("path", nargs="?", type=Path, default=DEFAULT_DATA, help="HH-RLHF folder with the helpful subsets")
@@ -242,9 +252,12 @@ def main() -> None:
                    help="Train MODEL on a seeded subset of N training pairs (the validation pairs stay the same).")
     p.add_argument("--epochs", type=float, default=None, help="Override every model's epochs.")
     p.add_argument("--max-length", type=int, default=None, help="Override every model's max_length (quick checks).")
+    p.add_argument("--set", type=stage_key, action="append", default=[], metavar="KEY=VALUE",
+                   help="Set a stage recipe key for every model (repeatable), e.g. --set learning_rate=3e-5.")
     p.add_argument("--work", type=Path, default=None, help="Keep the split, logs and runs here (default: a temp dir).")
     p.add_argument("--out", type=Path, default=None, help="Also write the results as JSON here.")
     args = p.parse_args()
+    args.set = dict(args.set)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
     if unknown or not models:
