@@ -145,9 +145,19 @@ def stage_main(fn: Callable[[list[str]], Any]) -> Callable[[list[str] | None], i
         except AlignmentError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        end_process_group()
         return 0
 
     return wrapper
+
+
+def end_process_group() -> None:
+    """After a stage succeeds under torchrun, destroy its process group: a rank that exits with it alive can be
+    aborted in gloo's teardown ("terminate called without an active exception", pytorch/pytorch#190489). Only on
+    success: after a failure the other ranks may be inside a collective the destroy would wait on."""
+    torch = sys.modules.get("torch")  # stages that never imported torch have no group to end
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def require_recipe(argv: list[str], usage: str) -> None:

@@ -30,3 +30,27 @@ def test_sft_runs_on_two_cpu_processes(tmp_path, tiny_llama_dir):
     # 16 rows, 2 per device, 2 ranks: 4 optimizer steps over one epoch (one process alone would take 8)
     assert metrics["world_size"] == 2
     assert metrics["global_step"] == 4
+
+
+def test_a_successful_stage_ends_its_process_group(tmp_path):
+    """A stage left alive under torchrun can abort in gloo's teardown at exit; stage_main ends the group on
+    success, and leaves it after a failure (the other ranks may still be inside a collective)."""
+    import torch.distributed as dist
+
+    from alignment.errors import AlignmentError
+    from alignment.run import stage_main
+
+    def init(store: str) -> None:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / store}", rank=0, world_size=1)
+
+    def fails(argv):
+        init("failed")
+        raise AlignmentError("bad input")
+
+    assert stage_main(lambda argv: init("ok"))([]) == 0
+    assert not dist.is_initialized()
+    try:
+        assert stage_main(fails)([]) == 2
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
