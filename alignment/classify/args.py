@@ -15,6 +15,14 @@ class ClassifyArguments(WeightAveragingArguments):
         default=None,
         metadata={"help": "Learning rate of the new classification head; the pretrained body uses learning_rate."},
     )
+    layer_lr_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "Layer-wise learning-rate decay, in (0, 1]: the top transformer layer trains at learning_rate, "
+            "each layer below at this factor times the one above, the embeddings one step below the bottom layer. "
+            "Default: one learning rate for the whole body."
+        },
+    )
     class_weights: str | list[str] | None = field(
         default=None,
         metadata={

@@ -85,6 +85,8 @@ def check_recipe(argv: list[str], args: ClassifyArguments, config: TrainingArgum
     """Checks that need no data or model: early stopping, the search block and its values."""
     evaluates = config.eval_strategy != "no"
     args.check_weight_averaging(config.load_best_model_at_end)
+    if args.layer_lr_decay is not None and not 0 < args.layer_lr_decay <= 1:
+        raise RecipeError(f"key 'layer_lr_decay': expected a factor in (0, 1], got {args.layer_lr_decay}")
     if args.early_stopping_patience is not None and (args.early_stopping_patience < 1 or not evaluates):
         raise RecipeError("early_stopping_patience must be >= 1 and needs eval_strategy: steps or epoch")
     if not args.search:
@@ -130,6 +132,7 @@ def fit(model_args, args: ClassifyArguments, config, prepared: Prepared, callbac
         callbacks=[NonFiniteLossGuard(), *stopping, *args.callbacks(), *callbacks],
         class_weights=class_weights_tensor(args.class_weights, train["label"], prepared.label_names),
         head_learning_rate=args.head_learning_rate,
+        layer_lr_decay=args.layer_lr_decay,
     )
     output = trainer.train(resume_from_checkpoint=resume_from(config.output_dir, resume))
     return trainer, output

@@ -1,4 +1,5 @@
-"""``transformers.Trainer`` for classifiers: class-weighted cross-entropy and a separate learning rate for the head."""
+"""``transformers.Trainer`` for classifiers: class-weighted cross-entropy, a separate learning rate for the head and
+layer-wise learning-rate decay for the body."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch.utils.data import SequentialSampler
 from transformers import Trainer
 
 from alignment.errors import RecipeError
-from alignment.models import head_module_names
+from alignment.models import head_module_names, transformer_layers
 
 
 def class_weights_tensor(spec: str | list[str] | None, train_labels: list[int], label_names: list[str]) -> torch.Tensor | None:
@@ -57,15 +58,34 @@ def head_parameter_ids(model) -> set[int]:
     return {id(p) for name, p in base.named_parameters() if name.split(".")[0] in heads}
 
 
-class ClassifierTrainer(Trainer):
-    """Trainer with optional class weights (``weighted_cross_entropy``) and ``head_learning_rate`` for the head's
-    parameter groups; everything else is the stock Trainer."""
+def layer_lr_scales(model, decay: float) -> dict[int, float]:
+    """Learning-rate factor per parameter id: ``decay ** k`` for the k-th transformer layer counted from the top
+    (the top one: 1), ``decay ** n_layers`` for the embeddings; parameters not listed (head, pooler, final norm) keep 1."""
+    layers = transformer_layers(model)
+    scales = {id(p): decay ** (len(layers) - 1 - i) for i, layer in enumerate(layers) for p in layer.parameters()}
+    for name, p in model.named_parameters():
+        if id(p) not in scales and "embed" in name:
+            scales[id(p)] = decay ** len(layers)
+    return scales
 
-    def __init__(self, *args, class_weights: torch.Tensor | None = None, head_learning_rate: float | None = None, **kwargs):
+
+class ClassifierTrainer(Trainer):
+    """Trainer with optional class weights (``weighted_cross_entropy``), ``head_learning_rate`` for the head and
+    ``layer_lr_decay`` for the body's parameter groups; everything else is the stock Trainer."""
+
+    def __init__(
+        self,
+        *args,
+        class_weights: torch.Tensor | None = None,
+        head_learning_rate: float | None = None,
+        layer_lr_decay: float | None = None,
+        **kwargs,
+    ):
         if class_weights is not None:
             kwargs["compute_loss_func"] = weighted_cross_entropy(class_weights)
         super().__init__(*args, **kwargs)
         self.head_learning_rate = head_learning_rate
+        self.layer_lr_decay = layer_lr_decay
 
     def _get_eval_sampler(self, eval_dataset):
         """Evaluation keeps the dataset's order: transformers also groups *eval* batches by length when
@@ -75,24 +95,25 @@ class ClassifierTrainer(Trainer):
         return SequentialSampler(eval_dataset)
 
     def create_optimizer(self, model=None):
-        if self.head_learning_rate is not None and self.optimizer is None:
+        grouped = self.head_learning_rate is not None or self.layer_lr_decay is not None
+        if grouped and self.optimizer is None:
             opt_model = self.model if model is None else model
             optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             self.optimizer = optimizer_cls(self._parameter_groups(opt_model), **kwargs)
         return super().create_optimizer(model)
 
     def _parameter_groups(self, model) -> list[dict]:
-        """Head/body × decay/no-decay groups, each with its own learning rate and weight decay."""
+        """One group per (learning rate, decays or not): the head at ``head_learning_rate`` (default
+        ``learning_rate``), the body at ``learning_rate`` times its layer's factor, weight decay as the args say."""
         head, decay = head_parameter_ids(model), set(self.get_decay_parameter_names(model))
-        groups: dict[tuple[bool, bool], list] = {}
+        scales = layer_lr_scales(model, self.layer_lr_decay) if self.layer_lr_decay is not None else {}
+        head_lr = self.head_learning_rate if self.head_learning_rate is not None else self.args.learning_rate
+        groups: dict[tuple[float, bool], list] = {}
         for name, p in model.named_parameters():
             if p.requires_grad:
-                groups.setdefault((id(p) in head, name in decay), []).append(p)
+                lr = head_lr if id(p) in head else self.args.learning_rate * scales.get(id(p), 1.0)
+                groups.setdefault((lr, name in decay), []).append(p)
         return [
-            {
-                "params": params,
-                "lr": self.head_learning_rate if is_head else self.args.learning_rate,
-                "weight_decay": self.args.weight_decay if decays else 0.0,
-            }
-            for (is_head, decays), params in groups.items()
+            {"params": params, "lr": lr, "weight_decay": self.args.weight_decay if decays else 0.0}
+            for (lr, decays), params in groups.items()
         ]

@@ -11,6 +11,7 @@ from alignment.models.loader import (
     parameter_counts,
     read_meta,
     save_model,
+    transformer_layers,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "parameter_counts",
     "read_meta",
     "save_model",
+    "transformer_layers",
 ]

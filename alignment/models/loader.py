@@ -337,7 +337,7 @@ def peft_config(args: ModelArguments, kind: Kind, heads: list[str]):
 def _freeze_first_layers(model, n: int) -> None:
     if n <= 0:
         return
-    layers = _transformer_layers(model)
+    layers = transformer_layers(model)
     if n > len(layers):
         raise ModelError(f"freeze_layers={n} but the model has only {len(layers)} layers")
     for module in [model.get_input_embeddings(), *layers[:n]]:
@@ -345,11 +345,11 @@ def _freeze_first_layers(model, n: int) -> None:
             p.requires_grad = False
 
 
-def _transformer_layers(model) -> list[torch.nn.Module]:
-    """The longest ModuleList in the model: the stack of transformer blocks."""
+def transformer_layers(model) -> list[torch.nn.Module]:
+    """The longest ModuleList in the model: the stack of transformer blocks, bottom first."""
     lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
     if not lists:
-        raise ModelError("could not find the transformer layers to freeze")
+        raise ModelError(f"could not find the transformer layers (a ModuleList of blocks) in {type(model).__name__}")
     return list(max(lists, key=len))
 
 

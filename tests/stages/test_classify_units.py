@@ -57,9 +57,10 @@ def test_bad_key_exits_2_before_loading_a_model(tmp_path):
         ({"baseline": "zero_shot"}, "baseline is scored on the test split"),
         ({"weight_averaging": "ema"}, "weight_averaging: ema and load_best_model_at_end: true choose different"),
         ({"ema_decay": 1.5, "load_best_model_at_end": False}, "key 'ema_decay': expected a number between 0 and 1"),
+        ({"layer_lr_decay": 0}, r"key 'layer_lr_decay': expected a factor in \(0, 1\], got 0"),
     ],
     ids=["grid-needs-choices", "data-key", "bad-value", "search-metric", "best-metric", "weights", "patience", "baseline",
-         "ema-and-best", "ema-decay"],
+         "ema-and-best", "ema-decay", "layer-lr-decay"],
 )
 def test_bad_recipes_fail_before_loading_a_model(tmp_path, capsys, values, message):
     assert classify_main([recipe(tmp_path, **values)]) == 2
@@ -118,6 +119,24 @@ def test_head_learning_rate_groups(minilm_batch, tmp_path, method):
     trained = {id(p) for n, p in model.named_parameters() if p.requires_grad}
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == trained
     assert {g["weight_decay"] for g in optimizer.param_groups} == {0.0, 0.1}
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_layer_lr_decay_scales_each_layer(minilm_batch, tmp_path, method):
+    tok, _ = minilm_batch
+    model = load_model(ModelArguments(model_name_or_path="builtin:minilm-l6", method=method, lora_r=4), "seq_cls", tok, label_names=LABELS)
+    optimizer = trainer_for(model, tmp_path, head_learning_rate=1e-3, layer_lr_decay=0.5).create_optimizer()
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        layer = re.search(r"encoder\.layer\.(\d)\.", name)
+        if layer:
+            expected = 1e-5 * 0.5 ** (5 - int(layer.group(1)))  # the top layer (5) at learning_rate
+        else:
+            expected = 1e-3 if "classifier" in name else 1e-5 * 0.5**6 if "embeddings" in name else 1e-5
+        assert lr_of[id(p)] == pytest.approx(expected), name
+    assert len(set(lr_of.values())) == 6 + 1 + (method == "full")  # six layers, the head, the embeddings (full)
 
 
 def test_metrics_macro_per_class_and_confusion():
