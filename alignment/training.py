@@ -108,9 +108,12 @@ class WeightAveragingArguments:
         default=0.999, metadata={"help": "EMA decay per optimizer step (0.999 averages over ~1,000 steps)."}
     )
 
-    def check_weight_averaging(self, load_best_model_at_end: bool) -> None:
+    def __post_init__(self) -> None:
+        """ValueErrors here reach the user as RecipeErrors naming the recipe file (also for search trials' values)."""
         if not 0.0 < self.ema_decay < 1.0:
-            raise RecipeError(f"key 'ema_decay': expected a number between 0 and 1 (e.g. 0.999), got {self.ema_decay}")
+            raise ValueError(f"key 'ema_decay': expected a number between 0 and 1 (e.g. 0.999), got {self.ema_decay}")
+
+    def check_weight_averaging(self, load_best_model_at_end: bool) -> None:
         if self.weight_averaging == "ema" and load_best_model_at_end:
             raise RecipeError(
                 "weight_averaging: ema and load_best_model_at_end: true choose different final models; set one of them"

@@ -32,7 +32,8 @@ median ~12). Sequences are left-truncated by the stage: the final reply and the 
 * ``smollm-full`` (not run by default): SmolLM2 fully fine-tuned (135M parameters; the LoRA run above barely moved
   its loss off ln 2), all 3,462 training pairs at 192 tokens, 1 epoch, batch 8, lr 1e-5 — affordable on CPUs with
   native bf16: measured on an AMX CPU, 0.615 held-out accuracy (the best of all settings tried) in 2,468 s of
-  training, 1.40 pairs/s (bench/results/rm_hh_smollm_full.json); ``--set learning_rate=3e-5``: 0.581.
+  training, 1.40 pairs/s (bench/results/rm_hh_smollm_full.json); ``--set learning_rate=3e-5``: 0.581;
+  ``--max-length 256`` (more of the earlier turns kept): 0.589 in 3,296 s (rm_hh_smollm_full_256.json).
 * ``minilm-final-turn`` (not run by default): the issue's reference settings (final user turn + reply, 160 tokens,
   one epoch, quoted there at ~0.64) through the stage. Measured on this split: 0.538 (bf16; a plain torch loop with
   the same settings, mean pooling and Bradley-Terry loss: 0.535), so that reference does not hold on these subsets.

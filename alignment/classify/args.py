@@ -18,9 +18,9 @@ class ClassifyArguments(WeightAveragingArguments):
     layer_lr_decay: float | None = field(
         default=None,
         metadata={
-            "help": "Layer-wise learning-rate decay, in (0, 1]: the top transformer layer trains at learning_rate, "
-            "each layer below at this factor times the one above, the embeddings one step below the bottom layer. "
-            "Default: one learning rate for the whole body."
+            "help": "Layer-wise learning-rate decay, in (0, 1]: the top transformer layer (and what sits above it "
+            "besides the head: pooler, final norm) trains at learning_rate, each layer below at this factor times "
+            "the one above, the input embeddings one step below the bottom layer. Default: one rate for the body."
         },
     )
     class_weights: str | list[str] | None = field(
@@ -61,3 +61,8 @@ class ClassifyArguments(WeightAveragingArguments):
         default=None,
         metadata={"help": "Baseline: the word the LM should answer for each label name (default: the name itself)."},
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.layer_lr_decay is not None and not 0.0 < self.layer_lr_decay <= 1.0:
+            raise ValueError(f"key 'layer_lr_decay': expected a factor in (0, 1], got {self.layer_lr_decay}")

@@ -42,9 +42,17 @@ class SearchSpec:
     pruner: str = "median"
     grid: dict[str, list] = field(default_factory=dict)
 
-    def example(self) -> dict[str, Any]:
-        """One value per key (the low end or first choice), to check the space against the recipe parser."""
-        return {k: s["choices"][0] if s["type"] == "categorical" else s["low"] for k, s in self.space.items()}
+    def examples(self) -> list[dict[str, Any]]:
+        """Value sets that together hold both ends of every range and every choice, to check the whole space
+        against the recipe parser before any trial runs."""
+        n = max([2] + [len(s["choices"]) for s in self.space.values() if s["type"] == "categorical"])
+
+        def value(s: dict, i: int):
+            if s["type"] == "categorical":
+                return s["choices"][min(i, len(s["choices"]) - 1)]
+            return s["low"] if i == 0 else s["high"]
+
+        return [{k: value(s, i) for k, s in self.space.items()} for i in range(n)]
 
 
 def parse_search(block: dict, default_metric: str, allowed_keys: set[str]) -> SearchSpec:

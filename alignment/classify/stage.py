@@ -85,8 +85,6 @@ def check_recipe(argv: list[str], args: ClassifyArguments, config: TrainingArgum
     """Checks that need no data or model: early stopping, the search block and its values."""
     evaluates = config.eval_strategy != "no"
     args.check_weight_averaging(config.load_best_model_at_end)
-    if args.layer_lr_decay is not None and not 0 < args.layer_lr_decay <= 1:
-        raise RecipeError(f"key 'layer_lr_decay': expected a factor in (0, 1], got {args.layer_lr_decay}")
     if args.early_stopping_patience is not None and (args.early_stopping_patience < 1 or not evaluates):
         raise RecipeError("early_stopping_patience must be >= 1 and needs eval_strategy: steps or epoch")
     if not args.search:
@@ -95,7 +93,8 @@ def check_recipe(argv: list[str], args: ClassifyArguments, config: TrainingArgum
         raise RecipeError("search needs evaluations on the validation split: set eval_strategy: steps or epoch")
     spec = parse_search(args.search, config.metric_for_best_model or "f1_macro", searchable_keys())
     try:
-        parse(argv + as_flags(spec.example()))
+        for values in spec.examples():
+            parse(argv + as_flags(values))
     except RecipeError as exc:
         raise RecipeError(f"search.space: {exc}") from None
     return spec

@@ -59,12 +59,15 @@ def head_parameter_ids(model) -> set[int]:
 
 
 def layer_lr_scales(model, decay: float) -> dict[int, float]:
-    """Learning-rate factor per parameter id: ``decay ** k`` for the k-th transformer layer counted from the top
-    (the top one: 1), ``decay ** n_layers`` for the embeddings; parameters not listed (head, pooler, final norm) keep 1."""
+    """Learning-rate factor per parameter id: ``decay ** k`` for the transformer layer k places below the top one
+    (the top layer: k = 0, factor 1); ``decay ** n_layers`` for the input embeddings (and parameters named
+    ``*embed*`` outside the layers, e.g. BERT's position embeddings and their norm). Parameters not listed — head,
+    pooler, final norm, a peft prompt encoder — keep factor 1."""
     layers = transformer_layers(model)
     scales = {id(p): decay ** (len(layers) - 1 - i) for i, layer in enumerate(layers) for p in layer.parameters()}
+    embeddings = {id(p) for p in model.get_input_embeddings().parameters()}
     for name, p in model.named_parameters():
-        if id(p) not in scales and "embed" in name:
+        if id(p) not in scales and "prompt_encoder" not in name and (id(p) in embeddings or "embed" in name):
             scales[id(p)] = decay ** len(layers)
     return scales
 

@@ -346,11 +346,12 @@ def _freeze_first_layers(model, n: int) -> None:
 
 
 def transformer_layers(model) -> list[torch.nn.Module]:
-    """The longest ModuleList in the model: the stack of transformer blocks, bottom first."""
+    """The stack of transformer blocks, bottom first: the ModuleList holding the most parameters (not the longest
+    one, which in a mixture-of-experts model is a layer's list of experts)."""
     lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
     if not lists:
         raise ModelError(f"could not find the transformer layers (a ModuleList of blocks) in {type(model).__name__}")
-    return list(max(lists, key=len))
+    return list(max(lists, key=lambda m: sum(p.numel() for p in m.parameters())))
 
 
 def parameter_counts(model) -> tuple[int, int]:

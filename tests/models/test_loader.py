@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from alignment.errors import ModelError
-from alignment.models import ModelArguments, load_model, load_tokenizer, load_trained, merge_adapter, parameter_counts, save_model
+from alignment.models import (
+    ModelArguments,
+    load_model,
+    load_tokenizer,
+    load_trained,
+    merge_adapter,
+    parameter_counts,
+    save_model,
+    transformer_layers,
+)
 
 TEXTS = ["a warm and funny film", "dull, far too long, and badly acted from start to finish"]
 
@@ -82,6 +91,24 @@ def test_qlora_loads_4bit_and_export_merges_into_dequantised_base(tmp_path):
     enc = tok2(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(merged(**enc).logits, adapter(**enc).logits, rtol=1e-3, atol=1e-3)
+
+
+def test_transformer_layers_is_the_block_stack_not_a_longer_expert_list():
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.experts = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(8))  # longer than the stack
+
+    class MoE(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 4)
+            self.layers = torch.nn.ModuleList(Block() for _ in range(3))
+
+    model = MoE()
+    assert transformer_layers(model) == list(model.layers)
+    with pytest.raises(ModelError, match="could not find the transformer layers"):
+        transformer_layers(torch.nn.Linear(2, 2))
 
 
 def test_missing_model_folder_is_clear(tmp_path):

@@ -58,9 +58,13 @@ def test_bad_key_exits_2_before_loading_a_model(tmp_path):
         ({"weight_averaging": "ema"}, "weight_averaging: ema and load_best_model_at_end: true choose different"),
         ({"ema_decay": 1.5, "load_best_model_at_end": False}, "key 'ema_decay': expected a number between 0 and 1"),
         ({"layer_lr_decay": 0}, r"key 'layer_lr_decay': expected a factor in \(0, 1\], got 0"),
+        ({"search": {"space": {"layer_lr_decay": {"type": "uniform", "low": 0.5, "high": 1.5}}}},
+         r"search.space: .*key 'layer_lr_decay': expected a factor in \(0, 1\], got 1.5"),
+        ({"search": {"space": {"layer_lr_decay": {"type": "categorical", "choices": [0.9, 0.8, 0.0]}}}},
+         r"search.space: .*key 'layer_lr_decay': expected a factor in \(0, 1\], got 0.0"),
     ],
     ids=["grid-needs-choices", "data-key", "bad-value", "search-metric", "best-metric", "weights", "patience", "baseline",
-         "ema-and-best", "ema-decay", "layer-lr-decay"],
+         "ema-and-best", "ema-decay", "layer-lr-decay", "search-range-end", "search-last-choice"],
 )
 def test_bad_recipes_fail_before_loading_a_model(tmp_path, capsys, values, message):
     assert classify_main([recipe(tmp_path, **values)]) == 2
@@ -121,11 +125,11 @@ def test_head_learning_rate_groups(minilm_batch, tmp_path, method):
     assert {g["weight_decay"] for g in optimizer.param_groups} == {0.0, 0.1}
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_layer_lr_decay_scales_each_layer(minilm_batch, tmp_path, method):
+@pytest.mark.parametrize("method,head_lr", [("full", 1e-3), ("lora", None)])
+def test_layer_lr_decay_scales_each_layer(minilm_batch, tmp_path, method, head_lr):
     tok, _ = minilm_batch
     model = load_model(ModelArguments(model_name_or_path="builtin:minilm-l6", method=method, lora_r=4), "seq_cls", tok, label_names=LABELS)
-    optimizer = trainer_for(model, tmp_path, head_learning_rate=1e-3, layer_lr_decay=0.5).create_optimizer()
+    optimizer = trainer_for(model, tmp_path, head_learning_rate=head_lr, layer_lr_decay=0.5).create_optimizer()
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -133,10 +137,13 @@ def test_layer_lr_decay_scales_each_layer(minilm_batch, tmp_path, method):
         layer = re.search(r"encoder\.layer\.(\d)\.", name)
         if layer:
             expected = 1e-5 * 0.5 ** (5 - int(layer.group(1)))  # the top layer (5) at learning_rate
+        elif "classifier" in name:
+            expected = head_lr or 1e-5
         else:
-            expected = 1e-3 if "classifier" in name else 1e-5 * 0.5**6 if "embeddings" in name else 1e-5
+            expected = 1e-5 * 0.5**6 if "embeddings" in name else 1e-5
         assert lr_of[id(p)] == pytest.approx(expected), name
-    assert len(set(lr_of.values())) == 6 + 1 + (method == "full")  # six layers, the head, the embeddings (full)
+    assert len(set(lr_of.values())) == 6 + (head_lr is not None) + (method == "full")  # layers, head, embeddings
+    assert {g["weight_decay"] for g in optimizer.param_groups} == {0.0, 0.1}
 
 
 def test_metrics_macro_per_class_and_confusion():
