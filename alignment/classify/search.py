@@ -47,10 +47,13 @@ class SearchSpec:
         against the recipe parser before any trial runs."""
         n = max([2] + [len(s["choices"]) for s in self.space.values() if s["type"] == "categorical"])
 
-        def value(s: dict, i: int):
+        def value(s: dict, i: int):  # the ends as suggest() samples them
             if s["type"] == "categorical":
                 return s["choices"][min(i, len(s["choices"]) - 1)]
-            return s["low"] if i == 0 else s["high"]
+            if s["type"] == "int":
+                low, step = int(s["low"]), int(s.get("step", 1))
+                return low if i == 0 else low + (int(s["high"]) - low) // step * step
+            return float(s["low"] if i == 0 else s["high"])
 
         return [{k: value(s, i) for k, s in self.space.items()} for i in range(n)]
 

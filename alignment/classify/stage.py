@@ -81,20 +81,25 @@ def searchable_keys() -> set[str]:
     return names - {f.name for f in fields(DataArguments)} - FIXED_IN_SEARCH
 
 
-def check_recipe(argv: list[str], args: ClassifyArguments, config: TrainingArguments) -> SearchSpec | None:
-    """Checks that need no data or model: early stopping, the search block and its values."""
-    evaluates = config.eval_strategy != "no"
+def check_combination(args: ClassifyArguments, config: TrainingArguments) -> None:
+    """Checks across keys, which parsing one key at a time cannot make (run for the recipe and every search value)."""
     args.check_weight_averaging(config.load_best_model_at_end)
-    if args.early_stopping_patience is not None and (args.early_stopping_patience < 1 or not evaluates):
+    if args.early_stopping_patience is not None and (args.early_stopping_patience < 1 or config.eval_strategy == "no"):
         raise RecipeError("early_stopping_patience must be >= 1 and needs eval_strategy: steps or epoch")
+
+
+def check_recipe(argv: list[str], args: ClassifyArguments, config: TrainingArguments) -> SearchSpec | None:
+    """Checks that need no data or model: the recipe's key combinations, the search block and its values."""
+    check_combination(args, config)
     if not args.search:
         return None
-    if not evaluates:
+    if config.eval_strategy == "no":
         raise RecipeError("search needs evaluations on the validation split: set eval_strategy: steps or epoch")
     spec = parse_search(args.search, config.metric_for_best_model or "f1_macro", searchable_keys())
     try:
         for values in spec.examples():
-            parse(argv + as_flags(values))
+            _, _, trial_args, trial_config = parse(argv + as_flags(values))
+            check_combination(trial_args, trial_config)
     except RecipeError as exc:
         raise RecipeError(f"search.space: {exc}") from None
     return spec
@@ -142,6 +147,7 @@ def search_then_parse(argv: list[str], spec: SearchSpec, run_dir: Path, prepared
 
     def train_trial(flags: list[str], callbacks: list[TrainerCallback]) -> dict[str, float]:
         model_args, _, args, config = parse(argv + flags)
+        check_combination(args, config)  # combinations of values the up-front examples did not hold
         trainer, _ = fit(model_args, args, config, prepared, callbacks)
         return {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
 

@@ -65,7 +65,10 @@ def layer_lr_scales(model, decay: float) -> dict[int, float]:
     pooler, final norm, a peft prompt encoder — keep factor 1."""
     layers = transformer_layers(model)
     scales = {id(p): decay ** (len(layers) - 1 - i) for i, layer in enumerate(layers) for p in layer.parameters()}
-    embeddings = {id(p) for p in model.get_input_embeddings().parameters()}
+    try:
+        embeddings = {id(p) for p in model.get_input_embeddings().parameters()}
+    except NotImplementedError:  # custom models without the accessor: the names alone
+        embeddings = set()
     for name, p in model.named_parameters():
         if id(p) not in scales and "prompt_encoder" not in name and (id(p) in embeddings or "embed" in name):
             scales[id(p)] = decay ** len(layers)

@@ -62,14 +62,29 @@ def test_bad_key_exits_2_before_loading_a_model(tmp_path):
          r"search.space: .*key 'layer_lr_decay': expected a factor in \(0, 1\], got 1.5"),
         ({"search": {"space": {"layer_lr_decay": {"type": "categorical", "choices": [0.9, 0.8, 0.0]}}}},
          r"search.space: .*key 'layer_lr_decay': expected a factor in \(0, 1\], got 0.0"),
+        ({"search": {"space": {"weight_averaging": {"type": "categorical", "choices": ["none", "ema"]}}}},
+         "search.space: weight_averaging: ema and load_best_model_at_end: true choose different"),
     ],
     ids=["grid-needs-choices", "data-key", "bad-value", "search-metric", "best-metric", "weights", "patience", "baseline",
-         "ema-and-best", "ema-decay", "layer-lr-decay", "search-range-end", "search-last-choice"],
+         "ema-and-best", "ema-decay", "layer-lr-decay", "search-range-end", "search-last-choice",
+         "search-combination"],
 )
 def test_bad_recipes_fail_before_loading_a_model(tmp_path, capsys, values, message):
     assert classify_main([recipe(tmp_path, **values)]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "run").exists()
+
+
+def test_search_examples_hold_every_choice_and_the_sampled_ends():
+    space = {
+        "lora_r": {"type": "int", "low": 4, "high": 10, "step": 4},  # optuna samples 4 or 8
+        "learning_rate": {"type": "loguniform", "low": "1e-5", "high": 1e-3},
+        "lora_alpha": {"type": "categorical", "choices": [8, 16, 32]},
+    }
+    examples = parse_search({"space": space}, "accuracy", searchable_keys()).examples()
+    assert [e["lora_r"] for e in examples] == [4, 8, 8]
+    assert [e["learning_rate"] for e in examples] == [1e-5, 1e-3, 1e-3]
+    assert [e["lora_alpha"] for e in examples] == [8, 16, 32]
 
 
 def test_class_weights_auto_and_list():
