@@ -113,6 +113,8 @@ def _check_param(key: str, spec: Any, allowed_keys: set[str], method: str) -> No
         raise RecipeError(f"{where}: low and high must be numbers, got {spec['low']!r}, {spec['high']!r}") from None
     if not low < high or (kind == "loguniform" and low <= 0):
         raise RecipeError(f"{where}: expected 0 < low < high for loguniform and low < high otherwise, got {low}, {high}")
+    if kind == "int" and spec.get("log") and spec.get("step", 1) != 1:
+        raise RecipeError(f"{where}: an int range with log: true takes no step (optuna samples it on a log scale), got step {spec['step']}")
 
 
 def suggest(trial: optuna.Trial, key: str, spec: dict[str, Any]) -> Any:

@@ -62,12 +62,14 @@ def test_bad_key_exits_2_before_loading_a_model(tmp_path):
          r"search.space: .*key 'layer_lr_decay': expected a factor in \(0, 1\], got 1.5"),
         ({"search": {"space": {"layer_lr_decay": {"type": "categorical", "choices": [0.9, 0.8, 0.0]}}}},
          r"search.space: .*key 'layer_lr_decay': expected a factor in \(0, 1\], got 0.0"),
+        ({"search": {"space": {"lora_r": {"type": "int", "low": 4, "high": 64, "step": 4, "log": True}}}},
+         "search.space.lora_r: an int range with log: true takes no step"),
         ({"search": {"space": {"weight_averaging": {"type": "categorical", "choices": ["none", "ema"]}}}},
          "search.space: weight_averaging: ema and load_best_model_at_end: true choose different"),
     ],
     ids=["grid-needs-choices", "data-key", "bad-value", "search-metric", "best-metric", "weights", "patience", "baseline",
          "ema-and-best", "ema-decay", "layer-lr-decay", "search-range-end", "search-last-choice",
-         "search-combination"],
+         "search-int-log-step", "search-combination"],
 )
 def test_bad_recipes_fail_before_loading_a_model(tmp_path, capsys, values, message):
     assert classify_main([recipe(tmp_path, **values)]) == 2
