@@ -47,13 +47,11 @@ class SearchSpec:
         against the recipe parser before any trial runs."""
         n = max([2] + [len(s["choices"]) for s in self.space.values() if s["type"] == "categorical"])
 
-        def value(s: dict, i: int):  # the ends as suggest() samples them
+        def value(s: dict, i: int):
             if s["type"] == "categorical":
                 return s["choices"][min(i, len(s["choices"]) - 1)]
-            if s["type"] == "int":
-                low, step = int(s["low"]), int(s.get("step", 1))
-                return low if i == 0 else low + (int(s["high"]) - low) // step * step
-            return float(s["low"] if i == 0 else s["high"])
+            sampled = distribution(s)  # its ends as the trials sample them (an int range ends at its last step)
+            return sampled.low if i == 0 else sampled.high
 
         return [{k: value(s, i) for k, s in self.space.items()} for i in range(n)]
 
@@ -117,13 +115,22 @@ def _check_param(key: str, spec: Any, allowed_keys: set[str], method: str) -> No
         raise RecipeError(f"{where}: an int range with log: true takes no step (optuna samples it on a log scale), got step {spec['step']}")
 
 
+def distribution(spec: dict[str, Any]) -> optuna.distributions.IntDistribution | optuna.distributions.FloatDistribution:
+    """The range a numeric space entry samples (optuna moves an int range's high down to its last step)."""
+    if spec["type"] == "int":
+        return optuna.distributions.IntDistribution(
+            int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1)), log=bool(spec.get("log", False))
+        )
+    return optuna.distributions.FloatDistribution(float(spec["low"]), float(spec["high"]), log=spec["type"] == "loguniform")
+
+
 def suggest(trial: optuna.Trial, key: str, spec: dict[str, Any]) -> Any:
-    kind = spec["type"]
-    if kind == "categorical":
+    if spec["type"] == "categorical":
         return trial.suggest_categorical(key, spec["choices"])
-    if kind == "int":
-        return trial.suggest_int(key, int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1)), log=bool(spec.get("log", False)))
-    return trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=kind == "loguniform")
+    d = distribution(spec)
+    if isinstance(d, optuna.distributions.IntDistribution):
+        return trial.suggest_int(key, d.low, d.high, step=d.step, log=d.log)
+    return trial.suggest_float(key, d.low, d.high, log=d.log)
 
 
 def as_flags(params: dict[str, Any]) -> list[str]:
