@@ -60,19 +60,18 @@ def head_parameter_ids(model) -> set[int]:
 
 def layer_lr_scales(model, decay: float) -> dict[int, float]:
     """Learning-rate factor per parameter id: ``decay ** k`` for the transformer layer k places below the top one
-    (the top layer: k = 0, factor 1); ``decay ** n_layers`` for the input embeddings (and parameters named
-    ``*embed*`` outside the layers, e.g. BERT's position embeddings and their norm). Parameters not listed — head,
-    pooler, final norm, a peft prompt encoder — keep factor 1."""
+    (the top layer: k = 0, factor 1); ``decay ** n_layers`` for what the model registers before its layers (the
+    embeddings: token, position — BERT's, GPT-2's ``wpe`` — and their norm). Parameters after the layers — head,
+    pooler, final norm — and a peft prompt encoder keep factor 1."""
     layers = transformer_layers(model)
     scales = {id(p): decay ** (len(layers) - 1 - i) for i, layer in enumerate(layers) for p in layer.parameters()}
-    try:
-        embeddings = {id(p) for p in model.get_input_embeddings().parameters()}
-    except NotImplementedError:  # custom models without the accessor: the names alone
-        embeddings = set()
+    below = {}
     for name, p in model.named_parameters():
-        if id(p) not in scales and "prompt_encoder" not in name and (id(p) in embeddings or "embed" in name):
-            scales[id(p)] = decay ** len(layers)
-    return scales
+        if id(p) in scales:
+            break
+        if "prompt_encoder" not in name:
+            below[id(p)] = decay ** len(layers)
+    return scales | below
 
 
 class ClassifierTrainer(Trainer):

@@ -10,13 +10,13 @@ import sys
 import pytest
 import torch
 import yaml
-from transformers import TrainingArguments
+from transformers import GPT2Config, GPT2ForSequenceClassification, TrainingArguments
 
 from alignment.classify.baseline import evaluate_baseline, label_log_likelihoods, messages_for
 from alignment.classify.metrics import classification_metrics, confusion
 from alignment.classify.search import parse_search
 from alignment.classify.stage import main as classify_main, searchable_keys
-from alignment.classify.trainer import ClassifierTrainer, class_weights_tensor
+from alignment.classify.trainer import ClassifierTrainer, class_weights_tensor, layer_lr_scales
 from alignment.errors import RecipeError
 from alignment.generation import render_prompt
 from alignment.models import ModelArguments, load_model, load_tokenizer, load_trained
@@ -161,6 +161,17 @@ def test_layer_lr_decay_scales_each_layer(minilm_batch, tmp_path, method, head_l
         assert lr_of[id(p)] == pytest.approx(expected), name
     assert len(set(lr_of.values())) == 6 + (head_lr is not None) + (method == "full")  # layers, head, embeddings
     assert {g["weight_decay"] for g in optimizer.param_groups} == {0.0, 0.1}
+
+
+def test_layer_lr_decay_covers_what_sits_below_the_layers():
+    """GPT-2 names its position embeddings ``wpe`` (no "embed" in the name): they decay with the token embeddings,
+    while the final norm and the head, registered after the layers, keep the full rate."""
+    model = GPT2ForSequenceClassification(GPT2Config(n_layer=3, n_embd=16, n_head=2, vocab_size=50, n_positions=32, num_labels=2))
+    scales = layer_lr_scales(model, 0.5)
+    by_name = {name: scales.get(id(p), 1.0) for name, p in model.named_parameters()}
+    assert by_name["transformer.wte.weight"] == by_name["transformer.wpe.weight"] == 0.5**3
+    assert by_name["transformer.h.0.attn.c_attn.weight"] == 0.5**2 and by_name["transformer.h.2.mlp.c_fc.weight"] == 1.0
+    assert by_name["transformer.ln_f.weight"] == by_name["score.weight"] == 1.0
 
 
 def test_metrics_macro_per_class_and_confusion():
