@@ -109,8 +109,11 @@ def plain_trainer(train: Path, dev: Path, out: Path, epochs: float) -> None:
     path = resolve(s["model_name_or_path"])
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-    for module in [model.bert.embeddings, *model.bert.encoder.layer[: s["freeze_layers"]]]:
-        module.requires_grad_(False)
+    n_frozen = s.get("freeze_layers", 0)
+    if s.get("freeze_embeddings") or n_frozen:
+        model.get_input_embeddings().requires_grad_(False)
+    for layer in model.bert.encoder.layer[:n_frozen]:
+        layer.requires_grad_(False)
     files = {"train": str(train), "dev": str(dev)}
     data = load_dataset("csv", data_files=files, delimiter="\t", quoting=csv.QUOTE_NONE, keep_default_na=False)
     data = data.map(lambda b: tokenizer(b["sentence"], truncation=True, max_length=s["max_length"]), batched=True)

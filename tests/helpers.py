@@ -23,5 +23,16 @@ def run_stage(stage: str, recipe: str, timeout: int = 900, **overrides) -> subpr
     return subprocess.run(stage_cmd(stage, recipe, **overrides), cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
 def metrics(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "metrics.json").read_text())

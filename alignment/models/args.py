@@ -30,6 +30,11 @@ class ModelArguments(ModelConfig):
     freeze_layers: int = field(
         default=0, metadata={"help": "Freeze the embeddings and the first N transformer layers (full fine-tuning)."}
     )
+    freeze_embeddings: bool = field(
+        default=False,
+        metadata={"help": "Freeze the input token embeddings (full fine-tuning; implied by freeze_layers > 0). Saves "
+                  "their gradient, optimiser state and update, about half of a small encoder's parameters."},
+    )
     pooling: Pooling = field(
         default="auto",
         metadata={"help": "Classifier/reward-model input: auto, model (the architecture's: BERT [CLS], LMs last token) "

@@ -294,7 +294,7 @@ def apply_method(model, args: ModelArguments, kind: Kind):
 
     heads = head_module_names(model) if kind == "seq_cls" else []
     if args.method == "full":
-        _freeze_first_layers(model, args.freeze_layers)
+        _freeze_bottom(model, args.freeze_layers, args.freeze_embeddings)
         return model
     if args.method == "freeze":
         for name, p in model.named_parameters():
@@ -334,13 +334,15 @@ def peft_config(args: ModelArguments, kind: Kind, heads: list[str]):
     return prompt_cls(task_type=task, num_virtual_tokens=args.num_virtual_tokens, modules_to_save=save)
 
 
-def _freeze_first_layers(model, n: int) -> None:
-    if n <= 0:
+def _freeze_bottom(model, n_layers: int, embeddings: bool) -> None:
+    """Freeze the input token embeddings (when ``embeddings`` or ``n_layers`` > 0) and the first ``n_layers``
+    transformer layers."""
+    if n_layers <= 0 and not embeddings:
         return
     layers = transformer_layers(model)
-    if n > len(layers):
-        raise ModelError(f"freeze_layers={n} but the model has only {len(layers)} layers")
-    for module in [model.get_input_embeddings(), *layers[:n]]:
+    if n_layers > len(layers):
+        raise ModelError(f"freeze_layers={n_layers} but the model has only {len(layers)} layers")
+    for module in [model.get_input_embeddings(), *layers[:n_layers]]:
         for p in module.parameters():
             p.requires_grad = False
 

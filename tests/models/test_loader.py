@@ -73,6 +73,12 @@ def test_methods_freeze_the_right_parameters():
     assert counts["prompt_tuning"][0] > 0
     partial = load_model(ModelArguments(model_name_or_path="builtin:minilm-l6", method="full", freeze_layers=3), "seq_cls", tok, label_names=["a", "b"])
     assert parameter_counts(partial)[0] < total
+    embeddings_frozen = load_model(
+        ModelArguments(model_name_or_path="builtin:minilm-l6", method="full", freeze_embeddings=True), "seq_cls", tok, label_names=["a", "b"]
+    )
+    frozen = {n for n, p in embeddings_frozen.named_parameters() if not p.requires_grad}
+    assert frozen == {"bert.embeddings.word_embeddings.weight"}
+    assert parameter_counts(embeddings_frozen)[0] == total - tok.vocab_size * 384
     with pytest.raises(ModelError, match="freeze_layers=99 but the model has only 6 layers"):
         load_model(ModelArguments(model_name_or_path="builtin:minilm-l6", method="full", freeze_layers=99), "seq_cls", tok, label_names=["a", "b"])
 

@@ -51,11 +51,6 @@ def stage_classes(stage: str) -> tuple[tuple[type, ...], dict[str, Any]]:
     return (ModelArguments, DataArguments, stage_args, config), defaults
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def error_lines(stderr: str) -> list[str]:
     """The `error: ...` messages a stage printed (a progress bar may precede one on the same line)."""
     return re.findall(r"(?:^|(?<=\]))error: .*", stderr, flags=re.MULTILINE)

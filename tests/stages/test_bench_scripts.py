@@ -11,13 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, read_jsonl
 
 pytestmark = pytest.mark.slow
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def run_bench(script: str, *args: str) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from alignment.classify.metrics import classification_metrics
 from alignment.classify.stage import main as classify_main
 from alignment.predict import load_classifier, main as predict_main
 
-from helpers import ROOT, metrics
+from helpers import ROOT, metrics, read_jsonl
 
 SENTIMENT = ROOT / "data" / "sentiment"
 MULTICLASS = ROOT / "data" / "sentiment_multiclass"
@@ -35,10 +35,6 @@ def train(tmp_path: Path, **recipe) -> Path:
     path.write_text(yaml.safe_dump({**QUICK, "output_dir": str(out), **recipe}))
     assert classify_main([str(path)]) == 0
     return out
-
-
-def jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +71,7 @@ def test_saved_model_is_the_best_checkpoint(sentiment_run):
     best_step = int(Path(m["best_checkpoint"]).name.split("-")[1])
     assert m["best_metric"] == max(r["eval_f1_macro"] for r in history)
     assert [r["eval_f1_macro"] for r in history if r["step"] == best_step][0] == m["best_metric"]
-    rows = jsonl(SENTIMENT / "validation.jsonl")
+    rows = read_jsonl(SENTIMENT / "validation.jsonl")
     classifier = load_classifier(sentiment_run)
     predicted = [classifier.label_names.index(p["label"]) for p in classifier.predict([r["text"] for r in rows])]
     gold = [classifier.label_names.index(r["label"]) for r in rows]
@@ -86,7 +82,7 @@ def test_saved_model_is_the_best_checkpoint(sentiment_run):
 def test_predict_cli_returns_the_evaluated_labels(sentiment_run, tmp_path):
     out = tmp_path / "out.jsonl"
     assert predict_main([str(sentiment_run), "--file", str(SENTIMENT / "test.jsonl"), "--out", str(out)]) == 0
-    predicted, evaluated = jsonl(out), jsonl(sentiment_run / "predictions_test.jsonl")
+    predicted, evaluated = read_jsonl(out), read_jsonl(sentiment_run / "predictions_test.jsonl")
     assert [p["label"] for p in predicted] == [e["label"] for e in evaluated]
     assert [p["gold_label"] for p in predicted] == [e["gold_label"] for e in evaluated]
     for p, e in zip(predicted, evaluated):

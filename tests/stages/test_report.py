@@ -20,7 +20,7 @@ from alignment.classify.metrics import plot_confusion
 from alignment.errors import AlignmentError, DataError
 from alignment.report import build_report, main, ppo_panels, read_jsonl, train_eval_panels
 
-from helpers import ROOT, metrics, run_stage
+from helpers import ROOT, metrics, run_stage, write_jsonl
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
@@ -31,11 +31,6 @@ DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 def write_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def trainer_log(steps: int, extra=lambda step: {}) -> list[dict]:
