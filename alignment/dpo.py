@@ -3,7 +3,8 @@
 The policy is a QLoRA adapter by default (``method: qlora``); the reference policy is the same base with the adapter
 disabled, so no second model copy is held. Any loss trl supports (``loss_type``: sigmoid, ipo, hinge, robust, …),
 ``beta`` and ``precompute_ref_log_probs`` are recipe keys. trl's metric names are logged alongside plain-language
-ones (``preference_accuracy``, ``reward_margin``, …).
+ones (``preference_accuracy``, ``reward_margin``, …). With ``eval_prompts`` the policy answers held-out prompts
+before training and after every epoch, scored by the proxy and gold rewards with its KL (:mod:`alignment.monitor`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from trl import DPOConfig, DPOTrainer
 
 from alignment.data import DataArguments, load_data
 from alignment.models import ModelArguments, load_model, load_tokenizer, save_model
+from alignment.monitor import HeldoutCallback, MonitorArguments, Monitor
 from alignment.run import stage_main
 from alignment.training import (
     PREFERENCE_DEFAULTS,
@@ -72,12 +74,12 @@ class PlainMetricNames(TrainerCallback):
 @stage_main
 def main(argv: list[str]) -> None:
     """usage: python -m alignment.dpo RECIPE.yaml [--key value ...]"""
-    model_args, data_args, stage_args, config = parse_stage(
-        argv, "dpo", (ModelArguments, DataArguments, DPOStageArguments, DPOConfig), DEFAULTS
+    model_args, data_args, stage_args, monitor_args, config = parse_stage(
+        argv, "dpo", (ModelArguments, DataArguments, DPOStageArguments, MonitorArguments, DPOConfig), DEFAULTS
     )
     data = load_data(data_args, "preference")
     splits = {k: v.remove_columns([c for c in v.column_names if c == "margin"]) for k, v in data.splits.items()}
-    run_dir = begin(config, model_args, data_args, stage_args)
+    run_dir = begin(config, model_args, data_args, stage_args, monitor_args)
     for line in data.report:
         logger.info("data: %s", line)
 
@@ -85,6 +87,8 @@ def main(argv: list[str]) -> None:
     # A fresh adapter on the starting policy (an SFT adapter is merged first), so that "adapter disabled" is that policy.
     model = load_model(model_args, "causal", tokenizer, continue_adapter=False)
     score_labelled_positions_only()
+    monitor = Monitor.build(monitor_args, run_dir)
+    heldout = [HeldoutCallback(monitor, tokenizer, monitor_args, config.seed)] if monitor else []
     trainer = DPOTrainer(
         model=model,
         ref_model=None,  # peft policy: the reference is the base with the adapter disabled
@@ -92,8 +96,10 @@ def main(argv: list[str]) -> None:
         train_dataset=splits["train"],
         eval_dataset=splits.get("validation"),
         processing_class=tokenizer,
-        callbacks=[NonFiniteLossGuard(), PlainMetricNames()],
+        callbacks=[NonFiniteLossGuard(), PlainMetricNames(), *heldout],
     )
+    for callback in heldout:
+        callback.trainer = trainer
     result = trainer.train(resume_from_checkpoint=resume_from(run_dir, stage_args.resume))
     metrics = dict(result.metrics)
     if "validation" in splits:

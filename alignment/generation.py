@@ -84,3 +84,28 @@ def generate(
             results.append(rows)
     model.train(was_training)
     return results
+
+
+@torch.no_grad()
+def response_logprobs(
+    model, tokenizer, prompts: list, responses: list[str], use_chat_template: bool = True, finished: list[bool] | None = None
+) -> list[float]:
+    """Σ log p(response tokens | prompt) per pair, the response tokenised after the rendered prompt, plus EOS where
+    the response ended with one (``finished``; all of them when not given).
+
+    Generated texts are stripped; a continuation of a raw prompt that ends in a word gets its separating space back,
+    so it is tokenised as it was sampled (" word", not "word").
+    """
+    totals = []
+    pairs = tqdm(enumerate(zip(prompts, responses)), total=len(prompts), desc="log-probs", unit="response", leave=False)
+    for i, (prompt, response) in pairs:
+        rendered = render_prompt(tokenizer, prompt, use_chat_template)
+        if not use_chat_template and response and not response[0].isspace() and rendered and not rendered[-1].isspace():
+            response = " " + response
+        p_ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        eos = (tokenizer.eos_token or "") if finished is None or finished[i] else ""
+        r_ids = tokenizer(response + eos, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p_ids + r_ids], device=model.device)
+        logits = model(input_ids=ids).logits[0, len(p_ids) - 1 : -1].float()
+        totals.append(torch.log_softmax(logits, -1).gather(-1, ids[0, len(p_ids) :, None]).sum().item())
+    return totals

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from alignment.config import build_dataclasses, load_yaml, parse_overrides
 from alignment.errors import AlignmentError, RecipeError
+from alignment.report import build_report
 from alignment.run import check_writable, environment, stage_main, write_json
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,15 @@ class PipelineSpec:
     output_dir: str = "runs/pipeline"
     stages: list[dict] = field(default_factory=list)
     wandb_group: str | None = None
+    # The gold judge: what evaluation and the training monitors trust. Default: the simulated raters' oracle.
+    gold: str | None = None
+    # Held-out prompts the PPO/DPO monitors score while training (a validation set: the evaluate stage's
+    # dataset_path is the test set, kept apart from it).
+    validation_prompts: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.validation_prompts is not None and not Path(self.validation_prompts).is_file():
+            raise ValueError(f"validation_prompts: no such file: {self.validation_prompts}")
 
 
 def load_pipeline(path: str) -> tuple[PipelineSpec, list[StageSpec]]:
@@ -83,8 +93,29 @@ def load_pipeline(path: str) -> tuple[PipelineSpec, list[StageSpec]]:
 
 
 # ------------------------------------------------------------------------------------------------------- wiring
-def wiring(stage: StageSpec, root: Path, present: set[str]) -> dict[str, Any]:
-    """Recipe keys that connect ``stage`` to the outputs of the stages before it."""
+def oracle_spec(stage: StageSpec, root: Path, present: set[str]) -> str | None:
+    """The simulated raters' judge: the annotate stage's ``oracle``, else the classify stage's p(positive)."""
+    return stage.oracle or (f"{root / 'classify'}#positive" if "classify" in present else None)
+
+
+def gold_spec(spec: PipelineSpec, stages: list[StageSpec], root: Path) -> str | None:
+    """The pipeline's ``gold``, else the oracle of a simulated annotate stage (None with human raters)."""
+    if spec.gold:
+        return spec.gold
+    present = {s.name for s in stages}
+    annotate = [s for s in stages if s.name == "annotate" and s.mode == "simulated"]
+    return oracle_spec(annotate[0], root, present) if annotate else None
+
+
+def monitor_keys(spec: PipelineSpec, gold: str | None) -> dict[str, Any]:
+    """The PPO/DPO held-out monitor's keys: the validation prompts and the gold judge."""
+    if not spec.validation_prompts:
+        return {}
+    return {"eval_prompts": spec.validation_prompts, **({"gold_reward": gold} if gold else {})}
+
+
+def wiring(stage: StageSpec, root: Path, present: set[str], spec: PipelineSpec, gold: str | None = None) -> dict[str, Any]:
+    """Recipe keys that connect ``stage`` to the outputs of the stages before it (and to the gold judge)."""
     out = root / stage.name
     sft = str(root / "sft") if "sft" in present else None
     prefs = str(root / "preferences.jsonl")
@@ -94,23 +125,25 @@ def wiring(stage: StageSpec, root: Path, present: set[str]) -> dict[str, Any]:
         return {"db": str(root / "annotations.db"), **({"policies": [sft]} if sft else {})}
     if stage.name == "rm":
         return {"output_dir": str(out), "dataset_path": prefs}
+    monitor = monitor_keys(spec, gold)
     if stage.name == "dpo":
-        return {"output_dir": str(out), "dataset_path": prefs, **({"model_name_or_path": sft} if sft else {})}
+        proxy = {"proxy_reward": str(root / "rm")} if monitor else {}
+        return {"output_dir": str(out), "dataset_path": prefs, **monitor, **proxy, **({"model_name_or_path": sft} if sft else {})}
     if stage.name == "ppo":
         # PPO optimises the reward model learnt from the judgements, whatever reward its own recipe names.
         rm = {"reward_model": str(root / "rm"), "reward_label": None, "reward_function": None}
-        return {"output_dir": str(out), **rm, **({"model_name_or_path": sft} if sft else {})}
+        return {"output_dir": str(out), **rm, **monitor, **({"model_name_or_path": sft} if sft else {})}
     if stage.name == "evaluate":
-        trained = [str(root / n) for n in ("dpo", "ppo") if n in present]
-        oracle = [f"{root / 'classify'}#positive"] if "classify" in present else []
-        return {"output_dir": str(out), "policies": [p for p in [sft, *trained] if p], "reward": str(root / "rm"), "extra_rewards": oracle}
+        trained = [str(root / n) for n in ("ppo", "dpo") if n in present]
+        judges = {"reward": str(root / "rm"), **({"gold": gold} if gold else {})}
+        return {"output_dir": str(out), "policies": [p for p in [sft, *trained] if p], **judges}
     return {}
 
 
-def stage_values(stage: StageSpec, root: Path, present: set[str]) -> dict[str, Any]:
+def stage_values(stage: StageSpec, wired: dict[str, Any]) -> dict[str, Any]:
     """The stage recipe's keys after the pipeline's overrides and wiring (wiring wins: it is what connects stages)."""
     values = load_yaml(stage.recipe) if stage.recipe else {}
-    return {**values, **stage.overrides, **wiring(stage, root, present)}
+    return {**values, **stage.overrides, **wired}
 
 
 def content_hash(stage: StageSpec, values: dict[str, Any], upstream: list[str]) -> str:
@@ -154,7 +187,7 @@ def run_annotate(stage: StageSpec, root: Path, present: set[str]) -> dict[str, A
         from alignment.rewards import resolve_reward
         from alignment.simulate import SimulationArguments, simulate
 
-        oracle = stage.oracle or (f"{root / 'classify'}#positive" if "classify" in present else None)
+        oracle = oracle_spec(stage, root, present)
         if not oracle:
             raise RecipeError("annotate (simulated) needs an oracle: a reward spec, or a classify stage before it")
         sim = SimulationArguments(db="", oracle=oracle, raters=stage.raters, noise=stage.noise,
@@ -215,9 +248,11 @@ def run_pipeline(recipe: str, start: str | None = None, only: str | None = None)
     present = set(names)
     if spec.wandb_group:
         os.environ.setdefault("WANDB_RUN_GROUP", spec.wandb_group)
+    gold = gold_spec(spec, stages, root)
     upstream: list[str] = []
     for stage in stages:
-        values = stage_values(stage, root, present)
+        wired = wiring(stage, root, present, spec, gold)
+        values = stage_values(stage, wired)
         digest = content_hash(stage, values, upstream)
         upstream.append(digest)
         previous = manifest["stages"].get(stage.name, {})
@@ -233,7 +268,7 @@ def run_pipeline(recipe: str, start: str | None = None, only: str | None = None)
         if stage.name == "annotate":
             extra = run_annotate(stage, root, present)
         else:
-            flags = {**stage.overrides, **wiring(stage, root, present)}
+            flags = {**stage.overrides, **wired}
             run_module(STAGE_MODULES[stage.name], stage.recipe, flags, root / f"{stage.name}.log")
             extra = {}
         manifest["stages"][stage.name] = {
@@ -275,18 +310,28 @@ def summary(manifest: dict[str, Any]) -> str:
     held = rm.get("test") or rm.get("validation") or {}
     if "pairwise_accuracy" in held:
         heads.append(f"RM held-out accuracy {held['pairwise_accuracy']:.3f}")
-    ev = m("evaluate").get("policies", {})
-    if ev:
-        base, *others = list(ev)
-        for p in others:
-            r = ev[p]
-            heads.append(
-                f"{Path(p).name}: RM reward {ev[base]['mean_reward']:.3f} → {r['mean_reward']:.3f}, win rate vs SFT "
-                f"{r['win_rate_vs_baseline']:.2f} (95% CI {r['win_rate_ci95'][0]:.2f}–{r['win_rate_ci95'][1]:.2f}), KL {r['kl_to_reference']:.2f}"
-            )
-            for spec, x in r.get("extra_rewards", {}).items():
-                heads.append(f"{Path(p).name}: {Path(spec).name} {ev[base]['extra_rewards'][spec]['mean']:.3f} → {x['mean']:.3f}")
-    return "\n".join(lines + [""] + heads)
+    return "\n".join(lines + [""] + heads + result_lines(m("evaluate")))
+
+
+def result_lines(evaluation: dict[str, Any]) -> list[str]:
+    """The result, one line per optimised policy against the baseline, in a fixed form that scripts read:
+    ``ppo: gold win rate vs sft 0.74 (95% CI 0.66–0.81), gold reward 0.76 → 0.93, proxy reward 2.10 → 3.40, KL 2.90``
+    (``proxy win rate`` when there is no gold judge)."""
+    policies = evaluation.get("policies", {})
+    if len(policies) < 2:
+        return []
+    (base, b), *others = policies.items()
+    judges = evaluation.get("judges", {})
+    lines = ["", f"{evaluation.get('num_prompts', '?')} held-out prompts x {evaluation.get('samples_per_prompt', 1)} samples; "
+             f"gold: {judges.get('gold', 'none')}; proxy: {judges.get('proxy', '?')}; 95% CIs: paired bootstrap over prompts"]
+    for policy, r in others:
+        judge, w = ("gold", r["gold"]) if "gold" in r else ("proxy", r)
+        line = f"{Path(policy).name}: {judge} win rate vs {Path(base).name} {w['win_rate_vs_baseline']:.2f} " \
+               f"(95% CI {w['win_rate_ci95'][0]:.2f}–{w['win_rate_ci95'][1]:.2f}), "
+        if "gold" in r:
+            line += f"gold reward {b['gold']['mean_reward']:.2f} → {r['gold']['mean_reward']:.2f}, "
+        lines.append(line + f"proxy reward {b['mean_reward']:.2f} → {r['mean_reward']:.2f}, KL {r['kl_to_reference']:.2f}")
+    return lines
 
 
 @stage_main
@@ -300,8 +345,10 @@ def main(argv: list[str]) -> None:
         raise RecipeError(f"unknown pipeline flag(s): {', '.join('--' + u for u in sorted(unknown))}; use --from or --only")
     began = time.time()
     manifest = run_pipeline(argv[0], flags.get("from"), flags.get("only"))
-    manifest_path = Path(manifest["output_dir"]) / "manifest.json"
-    print("\n" + summary(manifest) + f"\n\npipeline wall time {time.time() - began:.0f}s; manifest: {manifest_path}")
+    root = Path(manifest["output_dir"])
+    report = build_report(root)
+    print(f"\npipeline wall time {time.time() - began:.0f}s; manifest: {root / 'manifest.json'}; report: {report}")
+    print("\n" + summary(manifest))
 
 
 if __name__ == "__main__":

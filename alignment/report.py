@@ -25,7 +25,7 @@ from alignment.errors import AlignmentError, DataError
 from alignment.run import stage_main
 
 RUN_INFO = ("recipe.yaml", "environment.json")
-RUN_FILES = ("manifest.json", "metrics.json", "log_history.json", "metrics.jsonl", "evaluation.json", "samples.jsonl")
+RUN_FILES = ("manifest.json", "metrics.json", "log_history.json", "metrics.jsonl", "eval.jsonl", "evaluation.json", "samples.jsonl")
 HEADLINE = (
     "pairwise_accuracy", "ece", "accuracy", "f1_macro", "loss", "eval_loss", "train_loss",
     "mean_reward", "win_rate_vs_baseline", "kl_to_reference", "reward_mean_first_step", "reward_mean", "kl",
@@ -276,6 +276,11 @@ def stage_sections(run_dir: Path, figures: Figures, level: int) -> list[str]:
     out = curves_sections(log_history(run_dir), figures, level)
     if ppo := ppo_section(read_jsonl(run_dir / "metrics.jsonl"), figures, level):
         out.append(ppo)
+    if heldout := read_jsonl(run_dir / "eval.jsonl"):
+        columns = list(dict.fromkeys(k for row in heldout for k in row))
+        body = figures.add(overoptimisation_figure({run_dir.name: heldout}), "heldout", "held-out proxy and gold reward against KL")
+        body += table(columns, [[row.get(c, "") for c in columns] for row in heldout])
+        out.append(section(figures.prefix + "heldout", "Held-out monitor", body, level))
     out += metrics_sections(read_json(run_dir / "metrics.json") or {}, figures, level)
     if pngs := sorted(run_dir.glob("confusion_matrix*.png")):
         images = "".join(figures.add_file(png, png.stem) for png in pngs)
@@ -291,13 +296,74 @@ def stage_sections(run_dir: Path, figures: Figures, level: int) -> list[str]:
 
 
 def headline(metrics: dict) -> str:
-    """The first few well-known metrics of a stage (accuracy, loss, reward…), as ``key=value`` text."""
-    picked = [(k, v) for k, v in flatten(metrics) if k.rpartition(".")[2] in HEADLINE and isinstance(v, (int, float))]
+    """The first few well-known metrics of a stage (accuracy, loss, reward…), as ``key=value`` text; per-policy
+    figures are left to the result table."""
+    picked = [
+        (k, v) for k, v in flatten(metrics)
+        if k.rpartition(".")[2] in HEADLINE and isinstance(v, (int, float)) and not k.startswith("policies.")
+    ]
     return ", ".join(f"{k}={fmt(v)}" for k, v in picked[:MAX_HEADLINE])
 
 
+def with_ci(stats: dict, key: str, interval: str) -> str:
+    """``0.74 [0.66, 0.81]`` from ``stats[key]`` and the interval ``stats[interval]``."""
+    low, high = stats.get(interval) or (float("nan"), float("nan"))
+    return f"{fmt(float(stats[key]))} [{fmt(float(low))}, {fmt(float(high))}]" if key in stats else ""
+
+
+def result_table(evaluation: dict) -> str:
+    """One row per policy: gold and proxy win rate and reward against the baseline, and KL, with 95% intervals."""
+    rows = []
+    for policy, r in evaluation["policies"].items():
+        gold = r.get("gold", {})
+        win, reward = ("win_rate_vs_baseline", "win_rate_ci95"), ("mean_reward", "mean_reward_ci95")
+        rows.append([Path(policy).name, with_ci(gold, *win), with_ci(gold, *reward), with_ci(r, *win), with_ci(r, *reward),
+                     with_ci(r, "kl_to_reference", "kl_ci95")])
+    base = Path(evaluation["baseline"]).name
+    header = ["policy", f"gold win rate vs {base}", "gold reward", f"proxy win rate vs {base}", "proxy reward", "KL to reference"]
+    return table(header, rows)
+
+
+def overoptimisation_figure(curves: dict[str, list[dict]]) -> Figure:
+    """Proxy and gold reward on the held-out prompts against KL to the reference, one line per optimiser (the
+    monitors' ``eval.jsonl``), as in Gao et al. (2022): proxy rising while gold falls is over-optimisation."""
+    judges = [j for j in ("proxy", "gold") if any(f"{j}_reward" in row for rows in curves.values() for row in rows)]
+    fig = Figure(figsize=(4.5 * len(judges), 3.5))
+    for ax, judge in zip(fig.subplots(1, len(judges), squeeze=False)[0], judges):
+        for name, rows in curves.items():
+            points = [(row["kl"], row[f"{judge}_reward"]) for row in rows if f"{judge}_reward" in row]
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=name)
+        ax.set(title=f"{judge} reward (held-out)", xlabel="KL to reference (nats)")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def result_section(root: Path, stages: dict, figures: Figures) -> str:
+    """The answer to "did it work?": the result table, the proxy-vs-gold curves and the first three held-out
+    prompts answered by every policy side by side. "" without an evaluation."""
+    evaluation = read_json(root / "evaluate" / "evaluation.json") if "evaluate" in stages else None
+    if not evaluation or not evaluation.get("policies"):
+        return ""
+    judges = evaluation.get("judges", {})
+    note = (f"{evaluation.get('num_prompts', '?')} held-out prompts x {evaluation.get('samples_per_prompt', 1)} samples per policy; "
+            f"gold judge: {judges.get('gold', 'none')}; proxy: {judges.get('proxy', '?')}; "
+            "95% intervals from a paired bootstrap over prompts.")
+    body = f"<p>{html.escape(note)}</p>" + result_table(evaluation)
+    curves = {name: rows for name in stages if (rows := read_jsonl(root / name / "eval.jsonl"))}
+    if curves:
+        body += figures.add(overoptimisation_figure(curves), "overoptimisation", "held-out proxy and gold reward against KL while training")
+    policies = list(evaluation["policies"])
+    shown = [[row["prompt"], *(row.get(p, "") for p in policies)] for row in evaluation.get("samples", [])[:3]]
+    if shown:
+        body += f"<h3>First three held-out prompts</h3>" + table(
+            ["prompt", *(Path(p).name for p in policies)], shown, frozenset(range(len(policies) + 1))
+        )
+    return section("result", "Result", body, 2)
+
+
 def pipeline_sections(root: Path, manifest: dict, figures: Figures) -> list[str]:
-    """Overview table (stage, status, wall time, outputs, headline metrics), then a section per stage folder."""
+    """The result first, then the overview table (stage, status, wall time, outputs, headline metrics), then a
+    section per stage folder."""
     stages = manifest.get("stages", {})
     rows = [
         [name, s.get("status", ""), f"{s['wall_time_s']:.1f} s" if "wall_time_s" in s else "", s.get("outputs", []),
@@ -305,7 +371,7 @@ def pipeline_sections(root: Path, manifest: dict, figures: Figures) -> list[str]
         for name, s in stages.items()
     ]
     overview = table(["stage", "status", "wall time", "outputs", "headline metrics"], rows)
-    out = [section("overview", "Pipeline", overview, 2)]
+    out = [part for part in (result_section(root, stages, figures),) if part] + [section("overview", "Pipeline", overview, 2)]
     for name, s in stages.items():
         folder = root / name
         parts = stage_sections(folder, figures.for_stage(name), 3) if folder.is_dir() else []

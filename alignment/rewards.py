@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from alignment.errors import ModelError
+from alignment.errors import ModelError, RecipeError
 from alignment.models import load_trained, read_meta
 
 Prompt = str | list[dict[str, str]]
@@ -179,3 +179,27 @@ def resolve_reward(spec: str) -> RewardFn:
     except (ImportError, AttributeError) as exc:
         raise ModelError(f"reward function '{spec}' cannot be imported: {exc}") from None
     return fn
+
+
+def check_reward_spec(spec: str, key: str) -> None:
+    """Raise a one-line RecipeError when ``spec`` (the value of recipe key ``key``) cannot name a reward; loads no
+    model: a run folder must carry ``alignment_model.json`` (and a classifier the ``#label``), a function must import."""
+    path, _, label = spec.partition("#")
+    expected = "an alignment.rm run folder, CLASSIFIER_RUN#label or package.module:function"
+    if Path(path).is_dir():
+        meta = read_meta(path)
+        if not meta:
+            raise RecipeError(f"{key}: {path} is a folder but not an alignment run (no alignment_model.json); expected {expected}")
+        labels = meta.get("label_names") or []
+        if label and label not in labels:
+            raise RecipeError(f"{key}: {spec!r}: {path} has no label {label!r} (labels: {labels or 'none, it is a reward model'})")
+        return
+    module, _, name = spec.partition(":")
+    if not module or not name or "#" in spec:
+        raise RecipeError(f"{key}: {spec!r} is not a reward: no such run folder, and not module:function; expected {expected}")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise RecipeError(f"{key}: reward function {spec!r} cannot be imported: {exc}") from None
+    if not callable(fn):
+        raise RecipeError(f"{key}: {spec!r} is not callable")

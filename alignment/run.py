@@ -102,6 +102,19 @@ def write_json(path: str | Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop the rows of a run folder's step log after ``last_step`` (a resumed run logs those steps again)."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(row + "\n" for row in rows))
+
+
+def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("a") as f:
+        f.writelines(json.dumps(row, default=float) + "\n" for row in rows)
+
+
 def configure_wandb(report_to: list[str] | str | None, run_dir: str | Path, group: str | None = None) -> None:
     """Make wandb offline unless an API key is configured; never prompt, never block."""
     targets = [report_to] if isinstance(report_to, str) else (report_to or [])

@@ -8,7 +8,7 @@ import yaml
 
 from alignment.annotations.store import AnnotationStore
 from alignment.errors import RecipeError
-from alignment.evaluate import bootstrap_ci
+from alignment.stats import bootstrap_ci
 from alignment.pipeline import load_pipeline, select_stages
 from alignment.simulate import SimulationArguments, judge, ranks_from_scores, simulate
 
@@ -78,7 +78,7 @@ def test_pipeline_wires_ppo_to_the_learnt_reward_model(tmp_path):
     """Whatever reward the PPO recipe names (here a classifier label), the pipeline's PPO optimises its own RM."""
     from alignment.data import DataArguments
     from alignment.models import ModelArguments
-    from alignment.pipeline import StageSpec, as_flags, wiring
+    from alignment.pipeline import PipelineSpec, StageSpec, as_flags, wiring
     from alignment.ppo.args import PPOConfig
     from alignment.training import ResumeArguments, parse_stage
 
@@ -90,7 +90,7 @@ def test_pipeline_wires_ppo_to_the_learnt_reward_model(tmp_path):
     recipe = tmp_path / "ppo.yaml"
     recipe.write_text(yaml.safe_dump({"model_name_or_path": "x", "dataset_path": str(prompts), "reward_model": "clf",
                                       "reward_label": "positive"}))
-    keys = wiring(StageSpec(name="ppo"), root, {"sft", "rm", "ppo"})
+    keys = wiring(StageSpec(name="ppo"), root, {"sft", "rm", "ppo"}, PipelineSpec())
     classes = (ModelArguments, DataArguments, ResumeArguments, PPOConfig)
     _, _, _, config = parse_stage([str(recipe), *as_flags(keys)], "ppo", classes)
     assert config.reward_model == str(root / "rm") and config.reward_label is None and config.reward_function is None

@@ -28,6 +28,10 @@ class PPOConfig:
     save_steps: int = field(default=50, metadata=_help("Write a checkpoint every N PPO steps (and at the end)."))
     save_total_limit: int | None = field(default=2, metadata=_help("Keep only the newest N checkpoints (null: all)."))
     num_samples: int = field(default=4, metadata=_help("Rollouts per step written to samples.jsonl with their rewards."))
+    eval_steps: int | None = field(
+        default=None,
+        metadata=_help("Score the held-out eval_prompts every N PPO steps (also before the first and after the last)."),
+    )
     # --- length of training
     total_steps: int = field(default=200, metadata=_help("PPO steps (rollout + update rounds)."))
     total_episodes: int | None = field(
@@ -117,6 +121,8 @@ class PPOConfig:
             raise ValueError(f"temperature must be > 0 for PPO (log-probs are those of the sampler), got {self.temperature}")
         if (self.reward_model is None) == (self.reward_function is None):
             raise ValueError("set exactly one of reward_model (a run folder or checkpoint) and reward_function")
+        if self.eval_steps is not None and self.eval_steps < 1:
+            raise ValueError(f"eval_steps must be >= 1 (or null), got {self.eval_steps}")
         micro = self.num_mini_batches * self.gradient_accumulation_steps
         if self.batch_size % micro:
             raise ValueError(

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from transformers import GenerationConfig, get_scheduler
 
 from alignment.config import to_dict
@@ -30,6 +30,7 @@ from alignment.errors import AlignmentError, RecipeError
 from alignment.generation import render_prompt
 from alignment.models import ModelArguments, load_model, load_tokenizer, save_model
 from alignment.models.loader import is_adapter, peft_config
+from alignment.monitor import EVAL_FILE, Monitor, MonitorArguments, tracker_metrics
 from alignment.ppo.args import PPOConfig
 from alignment.ppo.core import (
     AdaptiveKLController,
@@ -49,7 +50,7 @@ from alignment.ppo.core import (
 )
 from alignment.ppo.modeling import POLICY, ActorCritic
 from alignment.ppo.rewards import RewardSource, load_reward_source
-from alignment.run import configure_wandb, start_run, write_json
+from alignment.run import append_jsonl, configure_wandb, start_run, truncate_jsonl, write_json
 from alignment.training import ResumeArguments, parse_stage, resume_from
 
 logger = logging.getLogger(__name__)
@@ -99,19 +100,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop rows logged after ``last_step`` (steps redone after a resume are logged again)."""
-    if not path.is_file():
-        return
-    rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(row + "\n" for row in rows))
-
-
-def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("a") as f:
-        f.writelines(json.dumps(row, default=float) + "\n" for row in rows)
-
-
 def kl_controller(config: PPOConfig) -> KLController:
     if config.adaptive_kl:
         return AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
@@ -141,6 +129,7 @@ class PPOTrainer:
         run_dir: Path,
         *,
         resume: bool = True,
+        monitor_args: MonitorArguments | None = None,
     ) -> None:
         check_method(model_args)
         if not prompts:
@@ -166,6 +155,7 @@ class PPOTrainer:
         self.scheduler = get_scheduler(
             config.lr_scheduler_type, self.optimizer, num_warmup_steps=int(config.warmup_ratio * updates), num_training_steps=updates
         )
+        self.monitor = Monitor.build(monitor_args, run_dir, proxy=self.reward.score) if monitor_args else None
         self.kl_ctl = kl_controller(config)
         self.reward_moments = RunningMoments()
         self.step = 0
@@ -184,8 +174,8 @@ class PPOTrainer:
     @classmethod
     def from_recipe(cls, argv: list[str]) -> PPOTrainer:
         """Parse the recipe, load the prompts, create the run folder and trackers, load the models."""
-        model_args, data_args, resume_args, config = parse_stage(
-            argv, "ppo", (ModelArguments, DataArguments, ResumeArguments, PPOConfig), DEFAULTS
+        model_args, data_args, resume_args, monitor_args, config = parse_stage(
+            argv, "ppo", (ModelArguments, DataArguments, ResumeArguments, MonitorArguments, PPOConfig), DEFAULTS
         )
         check_method(model_args)  # before the Accelerator: its precision is fixed once per process
         data = load_data(data_args, "prompts")
@@ -196,14 +186,15 @@ class PPOTrainer:
             log_with=trackers(config.report_to) or None,
             project_dir=config.output_dir,
         )
-        recipe = to_dict(model_args, data_args, resume_args, config)
+        recipe = to_dict(model_args, data_args, resume_args, monitor_args, config)
         run_dir = start_run(config.output_dir, recipe, is_main=accelerator.is_main_process)
         configure_wandb(config.report_to, run_dir, group=config.run_name)
         if trackers(config.report_to):
             accelerator.init_trackers("alignment", config=recipe, init_kwargs={"wandb": {"dir": str(run_dir), "name": config.run_name}})
         for line in data.report:
             logger.info("data: %s", line)
-        return cls(config, model_args, list(data.splits["train"]["prompt"]), accelerator, run_dir, resume=resume_args.resume)
+        prompts = list(data.splits["train"]["prompt"])
+        return cls(config, model_args, prompts, accelerator, run_dir, resume=resume_args.resume, monitor_args=monitor_args)
 
     @property
     def actor_critic(self) -> ActorCritic:
@@ -213,12 +204,36 @@ class PPOTrainer:
     def train(self) -> None:
         """Run PPO steps up to the total, continuing from the last complete checkpoint; checkpoint as configured."""
         self.load_checkpoint()
+        if self.step == 0:
+            self.evaluate_heldout()
         while self.step < self.total_steps:
             metrics = self.ppo_step()
             self.step += 1
             self.log(metrics)
+            every = self.config.eval_steps
+            if (every and self.step % every == 0) or self.step == self.total_steps:
+                self.evaluate_heldout()
             if self.step % self.config.save_steps == 0 or self.step == self.total_steps:
                 self.save_checkpoint()
+
+    def evaluate_heldout(self) -> None:
+        """The over-optimisation monitor: the current policy answers the held-out prompts (each process a share,
+        seeded), the main process scores them with the proxy and gold rewards and logs them with their KL."""
+        if self.monitor is None:
+            return
+        acc = self.accelerator
+        shard = self.monitor.prompts[acc.process_index :: acc.num_processes]
+        responses, kl = self.sample_heldout(shard, seed=self.config.seed)
+        pairs = gather_object([(acc.process_index + i * acc.num_processes, r, k) for i, (r, k) in enumerate(zip(responses, kl))])
+        if acc.is_main_process:
+            ordered = sorted(pairs)
+            row = self.monitor.record(self.step, [r for _, r, _ in ordered], np.asarray([k for _, _, k in ordered]))
+            acc.log(tracker_metrics(row), step=self.step)
+            logger.info(
+                "held-out at step %d: %s", self.step,
+                ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k.endswith("reward") or k == "kl"),
+            )
+        acc.wait_for_everyone()
 
     def ppo_step(self) -> dict[str, Any]:
         """One rollout batch and its PPO epochs; returns the step's metrics (averaged over processes)."""
@@ -343,17 +358,28 @@ class PPOTrainer:
         return [self.tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(response_ids, mask)]
 
     @torch.no_grad()
-    def score_policy(self, prompts: list[Any], seed: int) -> tuple[list[str], list[float]]:
-        """One response per prompt sampled with ``seed`` and its raw score, for before/after comparisons; the
-        training RNG state is left as it was."""
+    def sample_heldout(self, prompts: list[Any], seed: int) -> tuple[list[str], list[float]]:
+        """One response per prompt sampled with ``seed`` and its KL to the reference (summed k1 log-ratio at the
+        sampling temperature, as in training); the training RNG state is left as it was."""
         state = rng_state()
         torch.manual_seed(seed)
         try:
             with self.accelerator.autocast():
-                response_ids = self.sample(self.encode_prompts(prompts))
+                query = self.encode_prompts(prompts)
+                response_ids = self.sample(query)
+                mask = response_mask(response_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+                input_ids = torch.cat([query["input_ids"], response_ids], dim=1)
+                attention_mask = torch.cat([query["attention_mask"], mask.long()], dim=1)
+                width = query["input_ids"].shape[1]
+                logp = self.logprobs(input_ids, attention_mask, width, response_ids)
+                ref_logp = self.logprobs(input_ids, attention_mask, width, response_ids, reference=True)
         finally:
             set_rng_state(state)
-        responses = self.decode(response_ids, response_mask(response_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id))
+        return self.decode(response_ids, mask), ((logp - ref_logp) * mask).sum(-1).tolist()
+
+    def score_policy(self, prompts: list[Any], seed: int) -> tuple[list[str], list[float]]:
+        """One response per prompt sampled with ``seed`` and its raw score, for before/after comparisons."""
+        responses, _ = self.sample_heldout(prompts, seed)
         return responses, self.reward.score(prompts, responses)
 
     def normalize(self, scores: torch.Tensor) -> torch.Tensor:
@@ -524,7 +550,7 @@ class PPOTrainer:
         set_rng_state(torch.load(path / f"rng_state_{self.accelerator.process_index}.pth", weights_only=False))
         self.step = state["step"]
         if self.accelerator.is_main_process:
-            for name in ("metrics.jsonl", "samples.jsonl"):
+            for name in ("metrics.jsonl", "samples.jsonl", EVAL_FILE):
                 truncate_jsonl(self.run_dir / name, self.step)
         logger.info("Resumed at PPO step %d/%d", self.step, self.total_steps)
 

@@ -89,14 +89,19 @@ def ppo_run(d: Path) -> None:
     write_jsonl(d / "metrics.jsonl", steps)
     write_json(d / "metrics.json", {"steps": 5, "reward": "reward model runs/rm", "reward_mean_first_step": 0.1, "final": steps[-1]})
     write_jsonl(d / "samples.jsonl", [{"step": 5, "prompt": "Review:", "response": XSS, "score": 0.9, "kl": 0.1, "finished": True}])
+    write_jsonl(d / "eval.jsonl", [
+        {"step": s, "num_prompts": 4, "kl": 0.5 * s, "proxy_reward": 0.1 * s, "gold_reward": 0.5 - 0.05 * s} for s in (0, 4, 8)
+    ])
 
 
 def evaluate_run(d: Path) -> None:
     write_json(d / "evaluation.json", {
-        "baseline": "runs/sft",
+        "baseline": "runs/sft", "num_prompts": 4, "samples_per_prompt": 1, "judges": {"proxy": "runs/rm", "gold": "runs/clf#positive"},
         "policies": {
-            "runs/sft": {"mean_reward": 0.25, "mean_reward_ci95": [0.1, 0.4], "win_rate_vs_baseline": 0.5, "kl_to_reference": 0.0},
-            "runs/dpo": {"mean_reward": 0.75, "mean_reward_ci95": [0.6, 0.9], "win_rate_vs_baseline": 0.8125, "kl_to_reference": 1.5},
+            "runs/sft": {"mean_reward": 0.25, "mean_reward_ci95": [0.1, 0.4], "win_rate_vs_baseline": 0.5, "kl_to_reference": 0.0,
+                         "gold": {"mean_reward": 0.6, "mean_reward_ci95": [0.5, 0.7], "win_rate_vs_baseline": 0.5, "win_rate_ci95": [0.5, 0.5]}},
+            "runs/dpo": {"mean_reward": 0.75, "mean_reward_ci95": [0.6, 0.9], "win_rate_vs_baseline": 0.8125, "kl_to_reference": 1.5,
+                         "gold": {"mean_reward": 0.9, "mean_reward_ci95": [0.8, 1.0], "win_rate_vs_baseline": 0.875, "win_rate_ci95": [0.75, 1.0]}},
         },
         "samples": [{"prompt": "The film", "runs/sft": "was fine.", "runs/dpo": XSS}],
     })
@@ -107,7 +112,7 @@ KINDS = {
     "dpo": (dpo_run, {"loss", "dpo-rewards", "eval-history", "metrics"}, {"loss", "dpo-rewards"}),
     "rm": (rm_run, {"loss", "eval-history", "metrics", "accuracy-by-strength"}, {"loss", "accuracy-by-strength"}),
     "classify": (classify_run, {"loss", "eval-history", "metrics", "confusion"}, {"loss", "confusion_matrix_test"}),
-    "ppo": (ppo_run, {"ppo", "metrics", "samples"}, {"ppo"}),
+    "ppo": (ppo_run, {"ppo", "heldout", "metrics", "samples"}, {"ppo", "heldout"}),
     "evaluate": (evaluate_run, {"evaluation"}, set()),
 }
 
@@ -201,14 +206,19 @@ def test_pipeline_report_has_overview_and_a_section_per_stage(tmp_path):
     assert set(rows) == set(KINDS) | {"annotate"}
     assert rows["rm"].startswith(f"<td>done</td><td>12.2 s</td><td>{tmp_path / 'pipe' / 'rm'}</td>")
     assert "test.pairwise_accuracy=0.8125" in rows["rm"] and "final.reward_mean=0.5, final.kl=0.1" in rows["ppo"]
-    assert "policies.runs/dpo.win_rate_vs_baseline=0.8125" in rows["evaluate"]
+    assert "policies." not in page.split('<section id="stage-', 1)[0]  # per-policy figures live in the result table
     assert rows["annotate"] == "<td>running</td><td></td><td></td><td></td>"
-    expected = {"overview", "environment", "stage-annotate"}
+    # the first section answers "did it work?": gold and proxy per policy with intervals, curves, three prompts
+    result = page.split('<section id="result">', 1)[1].split("</section>", 1)[0]
+    assert page.index('<section id="result">') < page.index('<section id="overview">')
+    assert "<td>dpo</td><td>0.875 [0.75, 1]</td><td>0.9 [0.8, 1]</td><td>0.8125 [nan, nan]</td>" in result
+    assert "gold judge: runs/clf#positive" in result and XSS not in result and html.escape(XSS) in result
+    expected = {"overview", "result", "environment", "stage-annotate"}
     for name, (_, sections, _) in KINDS.items():
         expected |= {f"stage-{name}"} | {f"{name}-{s}" for s in sections}
     assert section_ids(page) == expected
     assert "No report files in" in page.split('<section id="stage-annotate"')[1]
-    assert_figures_embedded(report, {f"{name}-{f}" for name, (_, _, figures) in KINDS.items() for f in figures})
+    assert_figures_embedded(report, {"overoptimisation"} | {f"{name}-{f}" for name, (_, _, figures) in KINDS.items() for f in figures})
 
 
 def test_missing_empty_and_broken_run_folders_are_named(tmp_path):
@@ -276,7 +286,7 @@ def test_chromium_renders_pipeline_report_with_embedded_images(tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     parsed = ImageSources()
     parsed.feed(dom.stdout)
-    assert len(parsed.sources) == len(list(report.parent.glob("*.png"))) == 8
+    assert len(parsed.sources) == len(list(report.parent.glob("*.png"))) == 10
     assert all(src.startswith("data:image/png;base64,") for src in parsed.sources)
     assert parsed.scripts == 0 and html.escape(XSS, quote=False) in dom.stdout
     ARTIFACTS.mkdir(exist_ok=True)
