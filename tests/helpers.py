@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -38,3 +39,22 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def metrics(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+def fewer_the(prompts: list, responses: list[str]) -> list[float]:
+    """A gold reward that disagrees with a proxy rewarding the word "the": minus its count."""
+    from alignment.ppo.rewards import keyword
+
+    return [-x for x in keyword(prompts, responses, ["the"])]
+
+
+def says_great(prompts: list, responses: list[str]) -> list[float]:
+    """A known oracle: 1.0 when the response contains "great" (any case), else 0.0."""
+    return [float("great" in r.lower()) for r in responses]
+
+
+# The pipeline summary's result line, as scripts read it (alignment.pipeline.result_lines).
+RESULT_LINE = re.compile(
+    r"^(\w+): gold win rate vs (\w+) (\d\.\d\d) \(95% CI (\d\.\d\d)–(\d\.\d\d)\), gold reward (-?[\d.]+) → (-?[\d.]+), "
+    r"proxy reward (-?[\d.]+) → (-?[\d.]+), KL (-?[\d.]+)$"
+)

@@ -112,6 +112,10 @@ class DataArguments:
     max_chars: int | None = field(
         default=None, metadata={"help": "Remove rows with more characters of text (for pairs: prompt + longer reply)."}
     )
+    min_margin: float | None = field(
+        default=None,
+        metadata={"help": "Preference data only: remove pairs whose margin (preference strength) is below this."},
+    )
     validation_split: float = field(
         default=0.0,
         metadata={"help": "Fraction of the training rows held out for validation (stratified for classification)."},

@@ -113,6 +113,8 @@ def _check_args(args: DataArguments, task: str) -> None:
             raise RecipeError(f"{key}: must be at least 0 and below 1, got {getattr(args, key)}")
     if args.validation_split + args.test_split >= 1:
         raise RecipeError("validation_split + test_split must be below 1 to leave training rows")
+    if args.min_margin is not None and task != "preference":
+        raise RecipeError(f"min_margin: only for preference data, not for task '{task}'")
     if args.balance != "none" and task != "classification":
         raise RecipeError(f"balance: only for classification data, not for task '{task}'")
     for key in ("min_chars", "max_chars"):
@@ -333,6 +335,8 @@ def _prepare_rows(splits: dict[str, list[Row]], args: DataArguments, run: _Run) 
         limits = {"min_chars": args.min_chars, "max_chars": args.max_chars}
         bounds = ", ".join(f"{key}={value}" for key, value in limits.items() if value is not None)
         _remove(splits, f"length filter ({bounds})", lambda split, row: low <= text_length(row) <= high, run)
+    if args.min_margin is not None:
+        _remove(splits, f"min_margin={args.min_margin:g}", lambda split, row: row.data.get("margin", 0.0) >= args.min_margin, run)
     run.report.extend(run.bad.report())
 
 

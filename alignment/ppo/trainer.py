@@ -100,6 +100,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def sampling_config(config: PPOConfig, tokenizer) -> GenerationConfig:
+    """Sampling from softmax(logits / temperature) and nothing else, the distribution PPO's log-probs assume.
+
+    ``generate`` fills every option left unset from the checkpoint's own ``generation_config``; instruct models ship
+    repetition penalties, min-p, typical-p or n-gram bans that would make the sampler another policy. So each option
+    is set here to its neutral value (transformers' defaults, min_p 0, min_new_tokens 0, top_k off)."""
+    neutral = {k: v for k, v in GenerationConfig._get_default_generation_params().items() if k != "max_length"}
+    return GenerationConfig(**{
+        **neutral, "do_sample": True, "temperature": config.temperature, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
+        "min_new_tokens": 0, "max_new_tokens": config.response_length,
+        "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
+    })
+
+
 def kl_controller(config: PPOConfig) -> KLController:
     if config.adaptive_kl:
         return AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
@@ -159,15 +173,8 @@ class PPOTrainer:
         self.kl_ctl = kl_controller(config)
         self.reward_moments = RunningMoments()
         self.step = 0
-        self.generation_config = GenerationConfig(
-            do_sample=True,
-            temperature=config.temperature,
-            top_k=0,
-            top_p=1.0,
-            max_new_tokens=config.response_length,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-        )
+        self.generation_config = sampling_config(config, self.tokenizer)
+        self.sampler_checked = False
         logger.info("PPO: reward from %s; %d steps of %d prompts x %d processes", self.reward.description,
                     self.total_steps, config.batch_size, accelerator.num_processes)
 
@@ -282,18 +289,42 @@ class PPOTrainer:
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
     @torch.no_grad()
-    def sample(self, query: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Responses [batch, R'] (R' <= response_length), right-padded with the pad token after EOS."""
-        pieces = []
+    def sample(self, query: dict[str, torch.Tensor], with_logprobs: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Responses [batch, R'] (R' <= response_length), right-padded with the pad token after EOS; with
+        ``with_logprobs`` also the sampler's own log-probability of each token (from the scores it sampled from)."""
+        pieces, logps = [], []
         prompt_length = query["input_ids"].shape[1]
         for part in self.chunks(len(query["input_ids"])):
             out = self.actor_critic.generate(
-                input_ids=query["input_ids"][part], attention_mask=query["attention_mask"][part], generation_config=self.generation_config
+                input_ids=query["input_ids"][part], attention_mask=query["attention_mask"][part], generation_config=self.generation_config,
+                output_scores=with_logprobs, return_dict_in_generate=True,
             )
-            pieces.append(out[:, prompt_length:])
+            pieces.append(out.sequences[:, prompt_length:])
+            if with_logprobs:
+                scores = torch.log_softmax(torch.stack(out.scores, dim=1).float(), -1)
+                logps.append(scores.gather(-1, pieces[-1][..., None])[..., 0])
         width = max(p.shape[1] for p in pieces)
-        padded = [torch.nn.functional.pad(p, (0, width - p.shape[1]), value=self.tokenizer.pad_token_id) for p in pieces]
-        return torch.cat(padded)
+        pad = lambda x, value: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)  # noqa: E731
+        response = torch.cat([pad(p, self.tokenizer.pad_token_id) for p in pieces])
+        return (response, torch.cat([pad(x, 0.0) for x in logps])) if with_logprobs else response
+
+    def check_sampler(self, sampler_logp: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor) -> None:
+        """Start-up self-check on the first rollout: the trainer's log-probs must be the sampler's (ratio 1, KL 0),
+        else every ratio, advantage and KL of the run would be off-policy."""
+        diff = torch.where(mask.bool(), logp - sampler_logp, 0.0)  # after EOS the sampler's pad tokens may be -inf
+        gap = diff.abs().sum() / mask.sum().clamp(min=1)
+        approx_kl = masked_mean(0.5 * diff**2, mask)
+        logger.info("sampler check: mean |log-prob gap| %.2e nats, approx KL %.2e", gap.item(), approx_kl.item())
+        tolerance = self.config.sampler_check_tolerance
+        if tolerance is not None and gap.item() > tolerance:
+            raise AlignmentError(
+                f"the sampler is not the policy being trained: its token log-probs differ from the forward pass by "
+                f"{gap.item():.3f} nats on average (approx KL {approx_kl.item():.3f}; tolerance {tolerance}). Likely "
+                "causes: sampling options from the checkpoint's generation_config, a model whose logits need its own "
+                "post-processing, or mixed kernels between generation and training. Set sampler_check_tolerance: null "
+                "to run anyway."
+            )
+        self.sampler_checked = True
 
     @torch.no_grad()
     def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int, response_ids: torch.Tensor, *, reference: bool = False) -> torch.Tensor:
@@ -322,7 +353,7 @@ class PPOTrainer:
         with self.accelerator.autocast():
             query = self.encode_prompts(prompts)
             start = time.perf_counter()
-            response_ids = self.sample(query)
+            response_ids, sampler_logp = self.sample(query, with_logprobs=True) if not self.sampler_checked else (self.sample(query), None)
             generated = time.perf_counter()
             mask = response_mask(response_ids, tok.eos_token_id, tok.pad_token_id)
             input_ids = torch.cat([query["input_ids"], response_ids], dim=1)
@@ -335,6 +366,8 @@ class PPOTrainer:
                 entropy.append(entropy_from_logits(logits, cfg.temperature))
                 values.append(part_values.float())
             ref_logp = self.logprobs(input_ids, attention_mask, prompt_length, response_ids, reference=True)
+        if sampler_logp is not None:
+            self.check_sampler(sampler_logp, torch.cat(logp), mask)
         responses = self.decode(response_ids, mask)
         scores = torch.tensor(self.reward.score(prompts, responses), dtype=torch.float32, device=mask.device)
         has_eos = (response_ids == tok.eos_token_id).any(dim=-1)

@@ -80,6 +80,15 @@ def test_length_of_a_pair_is_prompt_plus_longer_reply(files, load):
         load("preference", dataset_path=path, max_chars=11)
 
 
+def test_min_margin_keeps_only_clear_preferences(files, load, report_line):
+    rows = [{"prompt": "p", "chosen": f"c{m}", "rejected": f"r{m}", "margin": m} for m in (1.0, 2.0, 3.0)]
+    prepared = load("preference", dataset_path=files.jsonl("d.jsonl", rows), min_margin=2)
+    assert prepared.splits["train"]["margin"] == [2.0, 3.0]
+    assert report_line(prepared, "min_margin").startswith("min_margin=2: removed 1 of 3 rows")
+    with pytest.raises(RecipeError, match="min_margin: only for preference data, not for task 'sft'"):
+        load("sft", dataset_path=files.jsonl("t.jsonl", [{"text": "a"}]), min_margin=2)
+
+
 def test_balance_down_and_up(files, load, report_line):
     path = files.jsonl("d.jsonl", labelled(6, "pos") + labelled(2, "neg"))
     down = load("classification", dataset_path=path, balance="down")

@@ -11,11 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from alignment.errors import AlignmentError
 from alignment.models import ModelArguments, load_model, load_tokenizer, save_model
 from alignment.ppo.core import response_mask
 from alignment.ppo.modeling import POLICY, REFERENCE, REWARD, VALUE
 from alignment.ppo.trainer import PPOTrainer
 from alignment.rewards import init_reward_head, load_reward_model
+
+from helpers import ROOT
 
 BASE = "builtin:smollm2-135m-instruct"
 PROMPTS = ["I watched this film last weekend and", "The director's new thriller", "Honestly, the soundtrack", "The plot"]
@@ -117,3 +120,41 @@ def test_reference_is_the_frozen_sft_adapter_and_the_policy_moves_away(trainer):
     trainer.update(rollout)
     torch.testing.assert_close(trainer.logprobs(*args, reference=True) * mask, rollout.ref_logp * mask, atol=1e-5, rtol=0)
     assert ((trainer.logprobs(*args) - rollout.logp) * mask).abs().max() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def llama_with_sampling_defaults(tmp_path_factory, tiny_llama_dir):
+    """The tiny Llama with the sampling options instruct checkpoints ship in their generation_config."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    out = tmp_path_factory.mktemp("llama-gen-config") / "model"
+    shutil.copytree(tiny_llama_dir, out)
+    GenerationConfig(repetition_penalty=1.3, min_p=0.1, typical_p=0.9, no_repeat_ngram_size=2, top_k=20).save_pretrained(out)
+    return out
+
+
+def test_the_sampler_ignores_the_checkpoints_sampling_options(llama_with_sampling_defaults, tmp_path):
+    """Every option generate would take from the checkpoint is neutral: the sampler's own log-probs (its scores)
+    are the trainer's softmax(logits / T); the start-up self-check passes, and stops a run whose sampler is not."""
+    trainer = PPOTrainer.from_recipe([
+        "--model_name_or_path", str(llama_with_sampling_defaults), "--method", "lora", "--lora_r", "4",
+        "--lora_target_modules", "[q_proj, v_proj]", "--dataset_path", str(ROOT / "data/prompts/movie_reviews.jsonl"),
+        "--reward_function", "length", "--batch_size", "4", "--num_mini_batches", "1", "--ppo_epochs", "1",
+        "--response_length", "12", "--use_chat_template", "false", "--output_dir", str(tmp_path / "run"),
+        "--use_cpu", "true", "--bf16", "false",
+    ])
+    query = trainer.encode_prompts(PROMPTS)
+    torch.manual_seed(0)
+    response, sampler_logp = trainer.sample(query, with_logprobs=True)
+    mask = response_mask(response, trainer.tokenizer.eos_token_id, trainer.tokenizer.pad_token_id)
+    ids = torch.cat([query["input_ids"], response], 1)
+    ours = trainer.logprobs(ids, torch.cat([query["attention_mask"], mask.long()], 1), query["input_ids"].shape[1], response)
+    torch.testing.assert_close(ours * mask, torch.where(mask.bool(), sampler_logp, 0.0), atol=1e-4, rtol=0)
+    trainer.rollout(PROMPTS)
+    assert trainer.sampler_checked
+    trainer.sampler_checked = False
+    trainer.generation_config.repetition_penalty = 1.5  # a sampler that is another policy
+    with pytest.raises(AlignmentError, match="the sampler is not the policy being trained"):
+        trainer.rollout(PROMPTS)

@@ -41,10 +41,15 @@ def _recipe(tmp_path: Path, **keys) -> list[str]:
 
 
 def test_keyword_reward_moves_the_qlora_policy_towards_the_keyword(tmp_path):
+    """Also the over-optimisation monitor: against a gold reward that disagrees with the proxy (fewer "the"), the
+    held-out rows show proxy up and gold down, and KL from 0 at the start."""
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in HELD_OUT * 2))
     argv = _recipe(
         tmp_path, method="qlora", reward_function="keyword", reward_kwargs={"keywords": ["the"]}, batch_size=8,
         num_mini_batches=2, ppo_epochs=2, total_steps=4, learning_rate=3e-3, kl_coef=0.01, response_length=8,
         value_model="head", save_steps=100, output_dir=str(tmp_path / "run"),
+        eval_prompts=str(heldout), gold_reward="helpers:fewer_the", eval_steps=2,
     )
     trainer = PPOTrainer.from_recipe(argv)
     responses_before, before = trainer.score_policy(HELD_OUT * 2, seed=0)
@@ -67,6 +72,11 @@ def test_keyword_reward_moves_the_qlora_policy_towards_the_keyword(tmp_path):
 
     summary = trainer.save_final()
     run = tmp_path / "run"
+    monitor = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in monitor] == [0, 2, 4] and all(r["num_prompts"] == 16 for r in monitor)
+    assert all(r["gold_reward"] == -r["proxy_reward"] for r in monitor)  # the gold judge scored the same answers
+    assert monitor[-1]["proxy_reward"] > monitor[0]["proxy_reward"] and monitor[-1]["gold_reward"] < monitor[0]["gold_reward"]
+    assert abs(monitor[0]["kl"]) < 1e-4 < 1e-3 < abs(monitor[-1]["kl"])  # the policy starts as the reference, then moves
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and METRICS <= set(rows[0])
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
