@@ -258,7 +258,7 @@ def build_dataclasses(
                     )
     for key in check_paths:
         value = values.get(key)
-        if isinstance(value, str) and _looks_local(value) and not Path(value).exists():
+        if isinstance(value, str) and looks_local(value) and not Path(value).exists():
             raise RecipeError(f"{source}: key '{key}': path does not exist: {value}")
     out = []
     for cls, kw in zip(classes, kwargs):
@@ -269,7 +269,7 @@ def build_dataclasses(
     return tuple(out)
 
 
-def _looks_local(value: str) -> bool:
+def looks_local(value: str) -> bool:
     """True for values that can only be local paths (not ``builtin:`` names or ``org/name`` hub ids)."""
     if value.startswith("builtin:"):
         return False

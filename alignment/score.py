@@ -1,13 +1,14 @@
 """Score with a trained reward model: ``python -m alignment.score RUN_DIR --file pairs.jsonl [--out scored.jsonl]``.
 
 A preference file (``prompt``/``chosen``/``rejected``, or anything the data layer reads as preferences) gets both
-rewards per row and the pairwise metrics; a file of ``prompt``/``response`` rows gets one reward per row.
+rewards per row and the pairwise metrics; a file of ``prompt``/``response`` rows gets one reward per row. The data
+layer's keys apply to preference files (``data_format``, ``on_bad_rows``, the ``*_column`` keys, ``max_samples``, …).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from alignment.config import parse_recipe
@@ -25,12 +26,12 @@ class ScoreArguments:
     normalize: bool = field(default=False, metadata={"help": "Normalise with the training reward mean/std."})
 
 
-def score_file(rm, args: ScoreArguments) -> tuple[list[dict], dict]:
+def score_file(rm, args: ScoreArguments, data_args: DataArguments) -> tuple[list[dict], dict]:
     rows = [row for _, row in read_rows(args.file)]
     if rows and "response" in rows[0]:
         rewards = rm.score([r["prompt"] for r in rows], [r["response"] for r in rows], batch_size=args.batch_size, normalize=args.normalize, progress=True)
         return [{**r, "reward": x} for r, x in zip(rows, rewards)], {"mean_reward": sum(rewards) / max(len(rewards), 1)}
-    pairs = load_data(DataArguments(dataset_path=args.file, drop_duplicates=False), "preference").splits["train"]
+    pairs = load_data(replace(data_args, dataset_path=args.file), "preference").splits["train"]
     kw = dict(batch_size=args.batch_size, normalize=args.normalize, progress=True)
     chosen = rm.score(pairs["prompt"], pairs["chosen"], **kw)
     rejected = rm.score(pairs["prompt"], pairs["rejected"], **kw)
@@ -44,11 +45,13 @@ def main(argv: list[str]) -> None:
     """usage: python -m alignment.score RUN_DIR --file pairs.jsonl [--out scored.jsonl] [--normalize]"""
     if not argv or argv[0].startswith("--"):
         raise RecipeError("usage: python -m alignment.score RUN_DIR --file pairs.jsonl [--out scored.jsonl]")
-    (args,) = parse_recipe(argv[1:], (ScoreArguments,), check_paths=("file",))
+    args, data_args = parse_recipe(argv[1:], (ScoreArguments, DataArguments), check_paths=("file",))
     if args.file is None:
         raise RecipeError("--file is required")
+    if data_args.dataset_path is not None:
+        raise RecipeError("score reads --file; dataset_path is not used")
     rm = load_reward_model(argv[0])
-    scored, metrics = score_file(rm, args)
+    scored, metrics = score_file(rm, args, data_args)
     if not scored:
         raise DataError(f"{args.file}: no rows to score")
     if args.out:

@@ -7,6 +7,7 @@ from typing import Literal
 
 from trl import ModelConfig
 
+from alignment.models.builtin import check_source
 from alignment.models.pooling import Pooling
 
 Method = Literal["full", "freeze", "lora", "qlora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning"]
@@ -45,6 +46,9 @@ class ModelArguments(ModelConfig):
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
 
     def __post_init__(self):
+        for key in ("model_name_or_path", "tokenizer_name_or_path"):
+            if getattr(self, key):
+                check_source(getattr(self, key), key)
         if self.method == "qlora":
             self.load_in_4bit = True
         if self.load_in_4bit and self.method == "full":

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from alignment.errors import ModelError
+from alignment.config import looks_local
+from alignment.errors import ModelError, RecipeError
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,24 @@ def cache_dir() -> Path:
 
 def is_builtin(name: str) -> bool:
     return name.startswith(PREFIX)
+
+
+def check_source(name: str, key: str) -> None:
+    """Before any work: a ``builtin:`` name must be known, and a value that can only be a local path must exist
+    (``org/name`` hub ids are left to the loader, which says when the hub cannot be reached)."""
+    known = ", ".join(PREFIX + k for k in BUILTINS)
+    if is_builtin(name) and name[len(PREFIX):] not in BUILTINS:
+        raise RecipeError(f"{key}: unknown builtin model '{name}'; available: {known}")
+    if not is_builtin(name) and looks_local(name) and not Path(name).expanduser().exists():
+        raise RecipeError(f"{key}: '{name}' is not a local folder (no such path), not a builtin: name ({known}), nor a hub id (org/name)")
+
+
+def hub_failure(name: str, exc: Exception) -> ModelError:
+    """The error for a model that is neither local nor builtin and could not be had from the hub."""
+    return ModelError(
+        f"could not load '{name}': not a local folder, not a builtin: name ({', '.join(PREFIX + k for k in BUILTINS)}), "
+        f"and the hub is unreachable or has no such id ({str(exc).splitlines()[0]})"
+    )
 
 
 def resolve(name_or_path: str) -> str:

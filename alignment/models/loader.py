@@ -82,7 +82,11 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, paddin
         path = _resolve(_adapter_base(path))
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
+        if not Path(path).exists():
+            raise builtin.hub_failure(name_or_path, exc) from None
+        if not isinstance(exc, OSError):
+            raise
         raise ModelError(f"Could not load a tokenizer from '{name_or_path}': {exc}") from None
     ensure_pad_token(tok)
     if tok.chat_template is None and tok.eos_token is not None:

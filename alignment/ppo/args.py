@@ -125,6 +125,14 @@ class PPOConfig:
             raise ValueError(f"temperature must be > 0 for PPO (log-probs are those of the sampler), got {self.temperature}")
         if (self.reward_model is None) == (self.reward_function is None):
             raise ValueError("set exactly one of reward_model (a run folder or checkpoint) and reward_function")
+        for key in ("kl_coef", "vf_coef", "ent_coef", "max_grad_norm", "weight_decay", "warmup_ratio"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("learning_rate", "cliprange", "cliprange_value", "kl_target", "kl_horizon", "response_length", "batch_size", "ppo_epochs", "num_mini_batches", "gradient_accumulation_steps", "total_steps"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise ValueError(f"gamma and lam must be in [0, 1], got {self.gamma} and {self.lam}")
         if self.eval_steps is not None and self.eval_steps < 1:
             raise ValueError(f"eval_steps must be >= 1 (or null), got {self.eval_steps}")
         micro = self.num_mini_batches * self.gradient_accumulation_steps

@@ -89,13 +89,13 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of `x` over entries where mask == 1; `unbiased` applies Bessel's correction n / (n - 1)."""
+    """Variance of `x` over entries where mask == 1; `unbiased` applies Bessel's correction n / (n - 1), which is
+    undefined for fewer than 2 entries: there the (zero or empty) biased variance is returned, so whitening a batch
+    with a single valid token gives 0 instead of stopping the run."""
     variance = masked_mean((x - masked_mean(x, mask)).square(), mask)
-    if not unbiased:
-        return variance
     count = mask.sum()
-    if count < 2:
-        raise ValueError(f"unbiased masked variance needs at least 2 unmasked entries, got {int(count)}")
+    if not unbiased or count < 2:
+        return variance
     return variance * count / (count - 1)
 
 

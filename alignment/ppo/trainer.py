@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from transformers import GenerationConfig, get_scheduler
 
-from alignment.config import to_dict
+from alignment.config import looks_local, to_dict
 from alignment.data import DataArguments, load_data
 from alignment.errors import AlignmentError, RecipeError
 from alignment.generation import render_prompt
@@ -50,6 +50,7 @@ from alignment.ppo.core import (
 )
 from alignment.ppo.modeling import POLICY, ActorCritic
 from alignment.ppo.rewards import RewardSource, load_reward_source
+from alignment.rewards import check_reward_spec
 from alignment.run import append_jsonl, configure_wandb, start_run, truncate_jsonl, write_json
 from alignment.training import ResumeArguments, parse_stage, resume_from
 
@@ -75,6 +76,7 @@ class Rollout:
     values: torch.Tensor
     entropy: torch.Tensor
     scores: torch.Tensor  # [batch] raw reward-source scores
+    score_terms: torch.Tensor  # [batch] the normalised score as it enters the shaped reward (before any whitening)
     rewards: torch.Tensor  # shaped per-token rewards (normalised score at the last token, -beta * KL per token)
     advantages: torch.Tensor  # whitened GAE advantages
     returns: torch.Tensor
@@ -128,6 +130,17 @@ def trackers(report_to: list[str]) -> list[str]:
 def check_method(model_args: ModelArguments) -> None:
     if model_args.method not in PPO_METHODS:
         raise RecipeError(f"PPO trains LoRA adapters on one shared base: method must be lora or qlora, got {model_args.method}")
+
+
+def check_reward_path(config: PPOConfig) -> None:
+    """Before any model loads: a classifier reward is a run folder that has ``reward_label``; any other local-looking
+    ``reward_model`` must exist."""
+    if config.reward_model is None:
+        return
+    if config.reward_label is not None:
+        check_reward_spec(f"{config.reward_model}#{config.reward_label}", "reward_model")
+    elif looks_local(config.reward_model) and not Path(config.reward_model).exists():
+        raise RecipeError(f"reward_model: no such folder: {config.reward_model}")
 
 
 class PPOTrainer:
@@ -185,6 +198,7 @@ class PPOTrainer:
             argv, "ppo", (ModelArguments, DataArguments, ResumeArguments, MonitorArguments, PPOConfig), DEFAULTS
         )
         check_method(model_args)  # before the Accelerator: its precision is fixed once per process
+        check_reward_path(config)
         data = load_data(data_args, "prompts")
         accelerator = Accelerator(
             cpu=config.use_cpu,
@@ -376,12 +390,15 @@ class PPOTrainer:
             self.normalize(scores), logp, ref_logp, mask, self.kl_ctl.kl_coef, cfg.kl_estimator,
             cfg.missing_eos_penalty, has_eos, cfg.missing_eos_mode,
         )
+        score_terms = rewards.sum(-1) + self.kl_ctl.kl_coef * kl  # the (normalised) score alone, before whitening
         if cfg.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
         advantages, returns = compute_gae(rewards, values, mask, cfg.gamma, cfg.lam)
         rollout = Rollout(
-            input_ids, attention_mask, prompt_length, response_ids, mask, logp, ref_logp, values, torch.cat(entropy),
-            scores, rewards, masked_whiten(advantages, mask), returns, kl, has_eos, prompts, responses,
+            input_ids=input_ids, attention_mask=attention_mask, prompt_length=prompt_length, response_ids=response_ids,
+            mask=mask, logp=logp, ref_logp=ref_logp, values=values, entropy=torch.cat(entropy), scores=scores,
+            score_terms=score_terms, rewards=rewards, advantages=masked_whiten(advantages, mask), returns=returns, kl=kl,
+            has_eos=has_eos, prompts=prompts, responses=responses,
         )
         timings = {"time_generation": generated - start, "time_scoring": time.perf_counter() - generated}
         return rollout, timings
@@ -452,16 +469,17 @@ class PPOTrainer:
         logp = logprobs_from_logits(logits, rollout.response_ids[rows], cfg.temperature)
         pg_loss, pg_stats = policy_loss(logp, rollout.logp[rows], rollout.advantages[rows], mask, cfg.cliprange)
         vf_loss, vf_stats = value_loss(values.float(), rollout.values[rows], rollout.returns[rows], mask, cfg.cliprange_value)
-        entropy = masked_mean(entropy_from_logits(logits, cfg.temperature), mask)
-        self.accelerator.backward(pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy)
+        loss = pg_loss + cfg.vf_coef * vf_loss
+        if cfg.ent_coef:  # the entropy over the whole vocabulary, with its gradient, only when it is in the loss
+            loss = loss - cfg.ent_coef * masked_mean(entropy_from_logits(logits, cfg.temperature), mask)
+        self.accelerator.backward(loss)
         return {"policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach(), **pg_stats, **vf_stats}
 
     # -------------------------------------------------------------------------------------------------- logging
     def rollout_metrics(self, rollout: Rollout) -> dict[str, float]:
-        mask, scale = rollout.mask, self.kl_ctl.kl_coef
-        normalized_score = rollout.rewards.sum(-1) + scale * rollout.kl  # the score term alone (the KL part removed)
+        mask = rollout.mask
         return {
-            "reward_normalized_mean": normalized_score.mean().item(),
+            "reward_normalized_mean": rollout.score_terms.mean().item(),
             "rlhf_reward": rollout.rewards.sum(-1).mean().item(),
             "kl": rollout.kl.mean().item(),
             "entropy": masked_mean(rollout.entropy, mask).item(),

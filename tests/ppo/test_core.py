@@ -142,9 +142,11 @@ def test_masked_mean_and_var_ignore_masked_entries() -> None:
     torch.testing.assert_close(masked_var(X, MASK, unbiased=False), X_REAL.var(correction=0))
 
 
-def test_unbiased_masked_var_needs_two_entries() -> None:
-    with pytest.raises(ValueError, match="at least 2"):
-        masked_var(X, tensor([[1, 0, 0, 0], [0, 0, 0, 0]]))
+def test_masked_var_and_whitening_of_a_single_entry_do_not_stop_the_run() -> None:
+    one = tensor([[1, 0, 0, 0], [0, 0, 0, 0]])
+    assert masked_var(X, one).item() == 0.0
+    whitened = masked_whiten(X, one)
+    assert torch.isfinite(whitened).all() and (whitened == 0).all()
 
 
 def test_masked_whiten_gives_zero_mean_unit_variance_on_real_entries() -> None:

@@ -131,7 +131,7 @@ def llama_with_sampling_defaults(tmp_path_factory, tiny_llama_dir):
 
     out = tmp_path_factory.mktemp("llama-gen-config") / "model"
     shutil.copytree(tiny_llama_dir, out)
-    GenerationConfig(repetition_penalty=1.3, min_p=0.1, typical_p=0.9, no_repeat_ngram_size=2, top_k=20).save_pretrained(out)
+    GenerationConfig(do_sample=True, repetition_penalty=1.3, min_p=0.1, typical_p=0.9, no_repeat_ngram_size=2, top_k=20).save_pretrained(out)
     return out
 
 
@@ -155,6 +155,6 @@ def test_the_sampler_ignores_the_checkpoints_sampling_options(llama_with_samplin
     trainer.rollout(PROMPTS)
     assert trainer.sampler_checked
     trainer.sampler_checked = False
-    trainer.generation_config.repetition_penalty = 1.5  # a sampler that is another policy
+    trainer.generation_config.top_k = 5  # a sampler that is another policy
     with pytest.raises(AlignmentError, match="the sampler is not the policy being trained"):
         trainer.rollout(PROMPTS)

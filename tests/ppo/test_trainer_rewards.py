@@ -65,6 +65,10 @@ def test_classifier_run_without_reward_label_is_refused(tmp_path):
         (["--reward_function", "length", "--batch_size", "6", "--num_mini_batches", "4"], "batch_size \\(6\\) must be divisible"),
         (["--reward_function", "length", "--kl_estimator", "k9"], "key 'kl_estimator'"),
         (["--reward_function", "length", "--method", "full"], "method must be lora or qlora"),
+        (["--reward_function", "length", "--kl_coef", "-1"], "kl_coef must be >= 0, got -1"),
+        (["--reward_function", "length", "--cliprange", "0"], "cliprange must be > 0"),
+        (["--reward_model", "runs/no-such-classifier", "--reward_label", "positive"], "reward_model: .*no such run folder"),
+        (["--reward_model", "./no/such/rm"], "reward_model: no such folder: ./no/such/rm"),
     ],
 )
 def test_bad_recipes_stop_with_one_clear_line(tmp_path, capsys, flags, message):
