@@ -20,6 +20,7 @@ import torch
 from transformers import TrainerCallback
 
 from alignment.data import DataArguments, load_data
+from alignment.errors import RecipeError
 from alignment.generation import SamplingArguments, generate, response_logprobs
 from alignment.rewards import RewardFn, check_reward_spec, resolve_reward
 from alignment.run import append_jsonl, truncate_jsonl
@@ -56,7 +57,10 @@ class MonitorArguments:
             raise ValueError("proxy_reward and gold_reward are scored on eval_prompts: set eval_prompts too")
         for key in ("proxy_reward", "gold_reward"):
             if getattr(self, key):
-                check_reward_spec(getattr(self, key), key)
+                try:
+                    check_reward_spec(getattr(self, key), key)
+                except RecipeError as exc:  # as a ValueError the recipe parser names the recipe file
+                    raise ValueError(str(exc)) from None
 
 
 @dataclass

@@ -351,7 +351,7 @@ def result_section(root: Path, stages: dict, figures: Figures) -> str:
     body = f"<p>{html.escape(note)}</p>" + result_table(evaluation)
     curves = {name: rows for name in stages if (rows := read_jsonl(root / name / "eval.jsonl"))}
     if curves:
-        body += figures.add(overoptimisation_figure(curves), "overoptimisation", "held-out proxy and gold reward against KL while training")
+        body += figures.add(overoptimisation_figure(curves), "overoptimisation", "proxy and gold reward on the validation prompts against KL to the reference, while training")
     policies = list(evaluation["policies"])
     shown = [[row["prompt"], *(row.get(p, "") for p in policies)] for row in evaluation.get("samples", [])[:3]]
     if shown:

@@ -147,3 +147,15 @@ def test_batched_response_logprobs_equal_one_at_a_time(smollm_path):
         alone = [response_logprobs(model, tok, [p], [r], chat, [f])[0] for p, r, f in zip(prompts, responses, finished)]
         together = response_logprobs(model, tok, prompts, responses, chat, finished, batch_size=3)
         assert together == pytest.approx(alone, abs=1e-3) and all(x < 0 for x in together)
+
+
+def test_a_bad_monitor_gold_spec_names_the_recipe_before_any_model_loads(capsys):
+    from alignment.dpo import main as dpo_main
+
+    validation = str(ROOT / "data/prompts/movie_reviews_validation.jsonl")
+    recipe = str(ROOT / "recipes/dpo/demo.yaml")
+    assert dpo_main([recipe, "--eval_prompts", validation, "--gold_reward", "runs/no-such-oracle#positive"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {recipe}: invalid MonitorArguments: gold_reward: "), err
+    assert dpo_main([recipe, "--gold_reward", "helpers:says_great"]) == 2
+    assert "scored on eval_prompts: set eval_prompts too" in capsys.readouterr().err

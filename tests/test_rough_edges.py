@@ -67,7 +67,7 @@ def test_a_model_path_that_is_nowhere_is_named_before_any_work(capsys):
     argv = [str(ROOT / "recipes/sft/demo.yaml"), "--model_name_or_path", "/nonexistent/model"]
     assert sft_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "model_name_or_path: '/nonexistent/model' is not a local folder (no such path), not a builtin: name" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: ") and "recipes/sft/demo.yaml: invalid ModelArguments: model_name_or_path: '/nonexistent/model' is not a local folder (no such path), not a builtin: name" in err[0]
     assert sft_main([str(ROOT / "recipes/sft/demo.yaml"), "--model_name_or_path", "builtin:gpt-9"]) == 2
     assert "unknown builtin model 'builtin:gpt-9'; available: builtin:smollm2-135m-instruct" in capsys.readouterr().err
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from alignment.config import looks_local
-from alignment.errors import ModelError, RecipeError
+from alignment.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +58,13 @@ def is_builtin(name: str) -> bool:
 
 def check_source(name: str, key: str) -> None:
     """Before any work: a ``builtin:`` name must be known, and a value that can only be a local path must exist
-    (``org/name`` hub ids are left to the loader, which says when the hub cannot be reached)."""
+    (``org/name`` hub ids are left to the loader, which says when the hub cannot be reached). ValueError, so that
+    the recipe parser names the recipe file."""
     known = ", ".join(PREFIX + k for k in BUILTINS)
     if is_builtin(name) and name[len(PREFIX):] not in BUILTINS:
-        raise RecipeError(f"{key}: unknown builtin model '{name}'; available: {known}")
+        raise ValueError(f"{key}: unknown builtin model '{name}'; available: {known}")
     if not is_builtin(name) and looks_local(name) and not Path(name).expanduser().exists():
-        raise RecipeError(f"{key}: '{name}' is not a local folder (no such path), not a builtin: name ({known}), nor a hub id (org/name)")
+        raise ValueError(f"{key}: '{name}' is not a local folder (no such path), not a builtin: name ({known}), nor a hub id (org/name)")
 
 
 def hub_failure(name: str, exc: Exception) -> ModelError:

@@ -112,18 +112,29 @@ class ActorCritic(nn.Module):
         out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False)
         return out.last_hidden_state
 
+    def causal_lm(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int, hidden: bool = False):
+        """The model's own forward through the active adapter, projecting only the positions that predict response
+        tokens: its logits are the model's, whatever its head applies (Gemma-2/3 final logit softcapping, Granite's
+        logits scaling, Cohere's logit scale), [batch, R, vocab]; with ``hidden`` also the last hidden states there."""
+        out = self._base()(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False,
+            logits_to_keep=input_ids.shape[1] - response_start + 1, output_hidden_states=hidden,
+        )
+        logits = out.logits[:, :-1]
+        return (logits, out.hidden_states[-1][:, response_start - 1 : -1]) if hidden else logits
+
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int) -> torch.Tensor:
         """Logits that predict each response token (positions ``response_start - 1 .. -2``), [batch, R, vocab]."""
-        hidden = self.hidden_states(input_ids, attention_mask)[:, response_start - 1 : -1]
-        return self._base().get_output_embeddings()(hidden)
+        return self.causal_lm(input_ids, attention_mask, response_start)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Policy logits [batch, R, vocab] and values V(s_t) [batch, R] of the states before each response token."""
-        hidden = self.hidden_states(input_ids, attention_mask)[:, response_start - 1 : -1]
-        logits = self._base().get_output_embeddings()(hidden)
-        if self.value_model == "adapter":
+        if self.value_model == "head":
+            logits, hidden = self.causal_lm(input_ids, attention_mask, response_start, hidden=True)
+        else:
+            logits = self.causal_lm(input_ids, attention_mask, response_start)
             self.use_adapter(VALUE)
             try:
                 hidden = self.hidden_states(input_ids, attention_mask)[:, response_start - 1 : -1]

@@ -7,6 +7,7 @@ runs the same code on one or many processes (each process rolls out ``batch_size
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -108,10 +109,10 @@ def sampling_config(config: PPOConfig, tokenizer) -> GenerationConfig:
     ``generate`` fills every option left unset from the checkpoint's own ``generation_config``; instruct models ship
     repetition penalties, min-p, typical-p or n-gram bans that would make the sampler another policy. So each option
     is set here to its neutral value (transformers' defaults, min_p 0, min_new_tokens 0, top_k off)."""
-    neutral = {k: v for k, v in GenerationConfig._get_default_generation_params().items() if k != "max_length"}
+    neutral = {k: v for k, v in GenerationConfig._get_default_generation_params().items() if k not in ("max_length", "min_length")}
     return GenerationConfig(**{
         **neutral, "do_sample": True, "temperature": config.temperature, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
-        "min_new_tokens": 0, "max_new_tokens": config.response_length,
+        "min_new_tokens": 0, "max_new_tokens": config.response_length, "return_dict_in_generate": True,
         "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
     })
 
@@ -308,10 +309,11 @@ class PPOTrainer:
         ``with_logprobs`` also the sampler's own log-probability of each token (from the scores it sampled from)."""
         pieces, logps = [], []
         prompt_length = query["input_ids"].shape[1]
+        config = copy.copy(self.generation_config)
+        config.output_scores = with_logprobs
         for part in self.chunks(len(query["input_ids"])):
             out = self.actor_critic.generate(
-                input_ids=query["input_ids"][part], attention_mask=query["attention_mask"][part], generation_config=self.generation_config,
-                output_scores=with_logprobs, return_dict_in_generate=True,
+                input_ids=query["input_ids"][part], attention_mask=query["attention_mask"][part], generation_config=config
             )
             pieces.append(out.sequences[:, prompt_length:])
             if with_logprobs:
