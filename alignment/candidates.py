@@ -14,7 +14,7 @@ from typing import Literal
 from alignment.annotations.store import AnnotationStore
 from alignment.config import parse_recipe
 from alignment.data import DataArguments, load_data
-from alignment.generation import SamplingArguments, generate
+from alignment.generation import SamplingArguments, generate, prompt_text
 from alignment.models import load_trained
 from alignment.run import stage_main
 
@@ -32,13 +32,6 @@ class CandidateArguments:
     k: int = field(default=4, metadata={"help": "Candidates shown per ranking task (2 for pairwise)."})
     judgements_per_task: int = field(default=1, metadata={"help": "Distinct raters wanted per task."})
     tasks_per_prompt: int = field(default=1, metadata={"help": "Tasks made per prompt."})
-
-
-def prompt_text(prompt) -> str:
-    """The store keeps prompts as text: a message list is shown as its turns."""
-    if isinstance(prompt, str):
-        return prompt
-    return "\n\n".join(f"{m['role']}: {m['content']}" for m in prompt)
 
 
 def sample_into_store(store: AnnotationStore, prompts: list, policies: list[str], sampling: SamplingArguments) -> int:

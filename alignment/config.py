@@ -9,6 +9,7 @@ against the dataclass fields and type hints *before* anything heavy happens, and
 from __future__ import annotations
 
 import dataclasses
+import json
 import difflib
 import enum
 import re
@@ -296,6 +297,12 @@ def parse_recipe(
         argv = argv[1:]
     values.update(parse_overrides(argv))
     return build_dataclasses(values, classes, source, check_paths=check_paths)
+
+
+def as_flags(values: dict[str, Any]) -> list[str]:
+    """Recipe keys as command-line overrides ``--key=<json>`` (JSON values are YAML, so the parser reads them back
+    exactly: strings stay strings, lists and mappings keep their structure, null is None)."""
+    return [f"--{key}={json.dumps(value, default=str)}" for key, value in values.items()]
 
 
 def to_dict(*objs: Any) -> dict[str, Any]:

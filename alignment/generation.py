@@ -36,6 +36,14 @@ class SamplingArguments:
         return asdict(self)
 
 
+def prompt_text(prompt: str | list[dict[str, str]]) -> str:
+    """A prompt as plain text: a string as it is, a message list as its ``role: content`` turns, blank-line separated
+    (how the annotation store shows it and what a classifier reward reads)."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
 def render_prompt(tokenizer, prompt: str | list[dict[str, str]], use_chat_template: bool = True) -> str:
     """A plain string prompt or a message list, through the chat template when the tokenizer has one."""
     if isinstance(prompt, str):

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from alignment.config import build_dataclasses, load_yaml, parse_overrides
+from alignment.config import as_flags, build_dataclasses, load_yaml, parse_overrides
 from alignment.errors import AlignmentError, RecipeError
 from alignment.report import build_report
 from alignment.run import check_writable, environment, stage_main, write_json
@@ -157,13 +157,6 @@ def content_hash(stage: StageSpec, values: dict[str, Any], upstream: list[str]) 
 
 
 # ------------------------------------------------------------------------------------------------------ running
-def as_flags(values: dict[str, Any]) -> list[str]:
-    flags = []
-    for key, value in values.items():
-        flags += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)]
-    return flags
-
-
 def run_module(module: str, recipe: str | None, flags: dict[str, Any], log_path: Path) -> None:
     """Run one stage as its own process (its recipe, then overrides and wiring as flags); output to console + log."""
     cmd = [sys.executable, "-m", module, *([recipe] if recipe else []), *as_flags(flags)]
@@ -179,7 +172,8 @@ def run_module(module: str, recipe: str | None, flags: dict[str, Any], log_path:
 
 def run_annotate(stage: StageSpec, root: Path, present: set[str]) -> dict[str, Any]:
     """Collect judgements (simulated raters, or wait for humans in the web app), then export preferences."""
-    from alignment.annotations.export import preference_rows, write_jsonl
+    from alignment.annotations.export import preference_rows
+    from alignment.run import write_jsonl
     from alignment.annotations.store import AnnotationStore
 
     store = AnnotationStore(str(root / "annotations.db"))
@@ -196,7 +190,7 @@ def run_annotate(stage: StageSpec, root: Path, present: set[str]) -> dict[str, A
     else:
         wait_for_humans(store, root, stage.port)
     records, candidates = store.records()
-    n = write_jsonl(preference_rows(records, candidates, mode=stage.export_mode), root / "preferences.jsonl")
+    n = write_jsonl(root / "preferences.jsonl", preference_rows(records, candidates, mode=stage.export_mode))
     if n == 0:
         raise AlignmentError("the annotation export holds no preference pairs (all ties or skips?)")
     return {"preference_pairs": n, **store.progress()}

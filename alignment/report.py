@@ -355,7 +355,7 @@ def result_section(root: Path, stages: dict, figures: Figures) -> str:
     policies = list(evaluation["policies"])
     shown = [[row["prompt"], *(row.get(p, "") for p in policies)] for row in evaluation.get("samples", [])[:3]]
     if shown:
-        body += f"<h3>First three held-out prompts</h3>" + table(
+        body += "<h3>First three held-out prompts</h3>" + table(
             ["prompt", *(Path(p).name for p in policies)], shown, frozenset(range(len(policies) + 1))
         )
     return section("result", "Result", body, 2)

@@ -18,11 +18,11 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import yaml
 
-from alignment.errors import AlignmentError, RecipeError
+from alignment.errors import AlignmentError
 
 logger = logging.getLogger("alignment")
 
@@ -110,6 +110,16 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
     path.write_text("".join(row + "\n" for row in rows))
 
 
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write ``rows`` as UTF-8 JSON lines (non-ASCII kept as is); return how many."""
+    count = 0
+    with open(path, "w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            count += 1
+    return count
+
+
 def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("a") as f:
         f.writelines(json.dumps(row, default=float) + "\n" for row in rows)
@@ -173,6 +183,3 @@ def end_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def require_recipe(argv: list[str], usage: str) -> None:
-    if not argv:
-        raise RecipeError(f"usage: {usage}")

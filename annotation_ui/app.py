@@ -22,7 +22,8 @@ from typing import Any
 import gradio as gr
 
 from alignment.annotations import AnnotationStore
-from alignment.annotations.export import MODES, write_jsonl
+from alignment.annotations.export import MODES
+from alignment.run import write_jsonl
 from alignment.errors import AlignmentError
 
 MAX_CANDIDATES = 8
@@ -326,8 +327,8 @@ def _admin_panel(api: AnnotationAPI, admin_tab: gr.Tab) -> None:
 
     def export(mode_value: str, gold: bool, request: gr.Request) -> list[str]:
         out = Path(tempfile.mkdtemp(prefix="annotation-export-"))
-        write_jsonl(api.export_preferences(mode_value, gold, request), out / "preferences.jsonl")
-        write_jsonl(api.export_rankings(mode_value, gold, request), out / "rankings.jsonl")
+        write_jsonl(out / "preferences.jsonl", api.export_preferences(mode_value, gold, request))
+        write_jsonl(out / "rankings.jsonl", api.export_rankings(mode_value, gold, request))
         return [str(out / "preferences.jsonl"), str(out / "rankings.jsonl")]
 
     for trigger in (refresh.click, admin_tab.select):

@@ -9,7 +9,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from alignment.annotations.export import MODES, write_jsonl
+from alignment.annotations.export import MODES
+from alignment.run import write_jsonl
 from alignment.annotations.store import ROLES, AnnotationStore
 from alignment.errors import AlignmentError, DataError
 
@@ -53,10 +54,10 @@ def run_users_add(args: argparse.Namespace) -> None:
 
 def run_export(args: argparse.Namespace) -> None:
     store = AnnotationStore(args.db)
-    count = write_jsonl(store.export_preferences(args.mode, args.include_gold), args.out)
+    count = write_jsonl(args.out, store.export_preferences(args.mode, args.include_gold))
     print(f"wrote {count} preference rows to {args.out}")
     if args.rankings:
-        count = write_jsonl(store.export_rankings(args.mode, args.include_gold), args.rankings)
+        count = write_jsonl(args.rankings, store.export_rankings(args.mode, args.include_gold))
         print(f"wrote {count} ranking rows to {args.rankings}")
 
 

@@ -12,13 +12,9 @@ slightly=1, clearly=2, much=3; rankings the rank difference.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
-
-from tqdm.auto import tqdm
 
 from alignment.annotations.records import Candidate, JudgementRecord
 from alignment.errors import DataError
@@ -108,11 +104,3 @@ def _consensus(group: list[JudgementRecord]) -> dict[int, int]:
     return {c: 1 + sum(other < m for other in mean.values()) for c, m in mean.items()}
 
 
-def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
-    """Write rows as UTF-8 JSON lines; return how many."""
-    count = 0
-    with open(path, "w", encoding="utf-8") as out:
-        for row in tqdm(rows, desc=f"export {Path(path).name}", unit="row", leave=False):
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
-    return count

@@ -7,7 +7,6 @@ search continues where it stopped, and ``trials.json``); the best values are ret
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -19,6 +18,7 @@ import optuna
 from transformers import TrainerCallback
 
 from alignment.errors import AlignmentError, RecipeError
+from alignment.config import as_flags
 from alignment.run import write_json
 
 logger = logging.getLogger(__name__)
@@ -131,11 +131,6 @@ def suggest(trial: optuna.Trial, key: str, spec: dict[str, Any]) -> Any:
     if isinstance(d, optuna.distributions.IntDistribution):
         return trial.suggest_int(key, d.low, d.high, step=d.step, log=d.log)
     return trial.suggest_float(key, d.low, d.high, log=d.log)
-
-
-def as_flags(params: dict[str, Any]) -> list[str]:
-    """Recipe overrides for ``params`` (JSON values are valid YAML, so the recipe parser reads them back exactly)."""
-    return [f"--{k}={json.dumps(v)}" for k, v in params.items()]
 
 
 class ReportToTrial(TrainerCallback):

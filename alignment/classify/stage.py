@@ -11,7 +11,6 @@ predictions. Re-running the same command resumes from the last complete checkpoi
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -23,13 +22,14 @@ from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
 from alignment.classify.args import ClassifyArguments
 from alignment.classify.baseline import evaluate_baseline
 from alignment.classify.metrics import EvalMetrics, classification_metrics, plot_confusion
-from alignment.classify.search import SearchSpec, as_flags, parse_search, run_search
+from alignment.classify.search import SearchSpec, parse_search, run_search
 from alignment.classify.trainer import ClassifierTrainer, class_weights_tensor
 from alignment.data import DataArguments, load_data
 from alignment.errors import RecipeError
 from alignment.models import ModelArguments, load_model, load_tokenizer, save_model
 from alignment.predict import prediction_rows
-from alignment.run import stage_main
+from alignment.config import as_flags
+from alignment.run import stage_main, write_jsonl
 from alignment.training import NonFiniteLossGuard, begin, parse_stage, resume_from, write_results
 
 logger = logging.getLogger(__name__)
@@ -171,10 +171,6 @@ def score_split(trainer: ClassifierTrainer, prepared: Prepared, split: str, text
     write_jsonl(run_dir / f"predictions_{split}.jsonl", rows)
     log_wandb_image(f"{split}/confusion_matrix", png)
     return metrics
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def log_wandb_image(key: str, png: Path) -> None:

@@ -23,6 +23,7 @@ from alignment.errors import RecipeError
 from alignment.models import load_tokenizer, read_meta
 from alignment.models.loader import is_adapter
 from alignment.ppo.args import PPOConfig
+from alignment.generation import prompt_text
 from alignment.rewards import Prompt, encode, encoding_settings, load_reward_model
 
 ScoreFn = Callable[[list[Prompt], list[str]], list[float]]
@@ -82,11 +83,6 @@ def function_reward(spec: str, kwargs: dict[str, Any]) -> RewardSource:
     except TypeError as exc:
         raise RecipeError(f"reward_function '{spec}' cannot take (prompts, responses) with reward_kwargs {kwargs}: {exc}") from None
     return RewardSource(partial(fn, **kwargs), f"function {spec}")
-
-
-def prompt_text(prompt: Prompt) -> str:
-    """A prompt as plain text (message contents joined by newlines)."""
-    return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
 
 
 def classifier_reward(path: str, config: PPOConfig, device) -> RewardSource:

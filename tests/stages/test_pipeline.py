@@ -4,6 +4,7 @@ run resumes at the failed stage, an unchanged re-run skips everything, a changed
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,7 @@ def test_pipeline_end_to_end_resume_and_skip(tmp_path, monkeypatch, capsys):
     assert pipeline_main([write_pipeline(recipe, out)]) == 0
     second = statuses(out)
     assert all(status == "done" for status, _ in second.values())
-    assert {n: h for n, (_, h) in second.items() if n not in ("dpo", "evaluate")} == {n: h for n, (_, h) in first.items() if n not in ("dpo",)}
+    assert {n: h for n, (_, h) in second.items() if n not in ("dpo", "ppo", "evaluate")} == {n: h for n, (_, h) in first.items() if n not in ("dpo",)}
     log = capsys.readouterr()
     manifest = json.loads((out / "manifest.json").read_text())
     for name in ("classify", "sft", "rm", "dpo", "ppo"):
@@ -81,6 +82,9 @@ def test_pipeline_end_to_end_resume_and_skip(tmp_path, monkeypatch, capsys):
     for m in results:
         gold = evaluation["policies"][str(out / m.group(1))]["gold"]
         assert m.group(3) == f"{gold['win_rate_vs_baseline']:.2f}"
+    # evaluate prints every figure with its interval
+    printed = [line for line in log.out.splitlines() if line.startswith(str(out / "ppo") + ": proxy reward")]
+    assert len(printed) == 1 and re.search(r"gold win rate [\d.]+ \[[\d.]+, [\d.]+\], KL -?[\d.]+ \[", printed[0]), printed
     # both monitors scored the validation prompts with proxy, gold and KL, before and after training
     ppo_rows, dpo_rows = read_jsonl(out / "ppo" / "eval.jsonl"), read_jsonl(out / "dpo" / "eval.jsonl")
     assert [r["step"] for r in ppo_rows] == [0, 1, 2] and [r["step"] for r in dpo_rows] == [0, 2]
