@@ -3,4 +3,8 @@
 Stages run as ``python -m alignment.<stage> recipe.yaml``.
 """
 
+from alignment.run import silence_expected_noise
+
 __version__ = "0.1.0"
+
+silence_expected_noise()

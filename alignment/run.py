@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -145,12 +146,45 @@ def _netrc_has_wandb() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
+# Messages every run prints that say nothing about this run: (logger, message start). Other messages of the same
+# loggers are kept.
+EXPECTED_LOG_NOISE = (
+    # bitsandbytes looks for the optional `kernels` package, then uses its built-in CPU 4-bit kernel
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community"),
+)
+# transformers' own code calls its deprecated `is_gradient_checkpointing` when a model loads.
+EXPECTED_WARNINGS = (r"`is_gradient_checkpointing` is deprecated",)
+
+
+class DropExpected(logging.Filter):
+    """Drops the records of one logger whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
 def setup_logging() -> None:
+    """Log lines with time, level and logger; the expected noise above silenced, real warnings kept."""
     logging.basicConfig(
         level=os.environ.get("ALIGNMENT_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    silence_expected_noise()
+
+
+def silence_expected_noise() -> None:
+    """Filter the expected noise (idempotent). The package runs it on import, before bitsandbytes is imported."""
+    for name, prefix in EXPECTED_LOG_NOISE:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, DropExpected) and f.prefix == prefix for f in target.filters):
+            target.addFilter(DropExpected(prefix))
+    for message in EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
 
 
 def stage_main(fn: Callable[[list[str]], Any]) -> Callable[[list[str] | None], int]:

@@ -1,0 +1,26 @@
+"""Runs print only what says something about them: the expected noise of bitsandbytes and transformers is
+silenced, other warnings of the same sources are kept."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from helpers import ROOT
+
+SCRIPT = """
+import logging, warnings
+from alignment.run import setup_logging
+setup_logging()
+bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")
+bnb.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure", "No module named 'kernels'")
+bnb.warning("a real bitsandbytes warning")
+warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+warnings.warn("another deprecation", FutureWarning)
+"""
+
+
+def test_expected_noise_is_silenced_and_real_warnings_kept():
+    run = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, cwd=ROOT, timeout=120, check=True)
+    assert "kernels-community" not in run.stderr and "is_gradient_checkpointing" not in run.stderr
+    assert "a real bitsandbytes warning" in run.stderr and "another deprecation" in run.stderr
