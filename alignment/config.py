@@ -9,9 +9,9 @@ against the dataclass fields and type hints *before* anything heavy happens, and
 from __future__ import annotations
 
 import dataclasses
-import json
 import difflib
 import enum
+import json
 import re
 import types
 import typing

@@ -17,7 +17,7 @@ from trl import DPOConfig, DPOTrainer
 
 from alignment.data import DataArguments, load_data
 from alignment.models import ModelArguments, load_model, load_tokenizer, save_model
-from alignment.monitor import HeldoutCallback, MonitorArguments, Monitor
+from alignment.monitor import HeldoutCallback, Monitor, MonitorArguments
 from alignment.run import stage_main
 from alignment.training import (
     PREFERENCE_DEFAULTS,

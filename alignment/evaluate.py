@@ -95,6 +95,7 @@ def evaluate_policies(prompts: list, args: EvaluateArguments, sampling: Sampling
     flat_prompts = [p for p in prompts for _ in range(k)]
     answers: dict[str, list[dict]] = {}
     own_logp: dict[str, np.ndarray] = {}
+    reference = None  # (model, tokenizer), kept when the reference is one of the policies
     for policy in args.policies:
         model, tok, _ = load_trained(policy, "causal")
         outputs = generate(model, tok, prompts, replace(sampling, num_return_sequences=k), use_chat_template=args.use_chat_template, progress=True)
@@ -102,8 +103,10 @@ def evaluate_policies(prompts: list, args: EvaluateArguments, sampling: Sampling
         own_logp[policy] = np.asarray(response_logprobs(
             model, tok, flat_prompts, [a["text"] for a in answers[policy]], args.use_chat_template, [a["finished"] for a in answers[policy]]
         ))
+        if policy == reference_path:
+            reference = (model, tok)
         del model
-    ref_model, ref_tok, _ = load_trained(reference_path, "causal")
+    ref_model, ref_tok = reference or load_trained(reference_path, "causal")[:2]
     indices = bootstrap_indices(n, args.bootstrap, sampling.seed)
     scores = {name: {} for name in judges}
     results = {}
@@ -112,7 +115,9 @@ def evaluate_policies(prompts: list, args: EvaluateArguments, sampling: Sampling
         for name, judge in judges.items():
             scores[name][policy] = np.asarray(judge(flat_prompts, texts), dtype=float).reshape(n, k)
         finished = [a["finished"] for a in answers[policy]]
-        kl = (own_logp[policy] - response_logprobs(ref_model, ref_tok, flat_prompts, texts, args.use_chat_template, finished)).reshape(n, k)
+        # the reference's own answers have KL 0 (their log-probs under it are own_logp)
+        ref_logp = own_logp[policy] if policy == reference_path else response_logprobs(ref_model, ref_tok, flat_prompts, texts, args.use_chat_template, finished)
+        kl = (own_logp[policy] - np.asarray(ref_logp)).reshape(n, k)
         results[policy] = {
             "kl_to_reference": float(kl.mean()),
             "kl_ci95": ci95(kl.mean(axis=1), indices),

@@ -173,8 +173,8 @@ def run_module(module: str, recipe: str | None, flags: dict[str, Any], log_path:
 def run_annotate(stage: StageSpec, root: Path, present: set[str]) -> dict[str, Any]:
     """Collect judgements (simulated raters, or wait for humans in the web app), then export preferences."""
     from alignment.annotations.export import preference_rows
-    from alignment.run import write_jsonl
     from alignment.annotations.store import AnnotationStore
+    from alignment.run import write_jsonl
 
     store = AnnotationStore(str(root / "annotations.db"))
     if stage.mode == "simulated":

@@ -171,13 +171,21 @@ def resolve_reward(spec: str) -> RewardFn:
         clf = load_classifier(path)
         target = label or meta["label_names"][-1]
         return lambda prompts, responses: clf.scores(responses, label=target)
-    module, _, name = spec.partition(":")
-    if not name:
+    if not spec.partition(":")[2]:
         raise ModelError(f"reward '{spec}' is neither a run folder nor 'module:function'")
+    return import_reward_function(spec, "reward")
+
+
+def import_reward_function(spec: str, key: str) -> RewardFn:
+    """``package.module:function`` -> the function; a RecipeError naming recipe key ``key`` when it cannot be
+    imported or is not callable."""
+    module, _, name = spec.partition(":")
     try:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
-        raise ModelError(f"reward function '{spec}' cannot be imported: {exc}") from None
+        raise RecipeError(f"{key}: reward function {spec!r} cannot be imported: {exc}") from None
+    if not callable(fn):
+        raise RecipeError(f"{key}: {spec!r} is not callable")
     return fn
 
 
@@ -197,9 +205,4 @@ def check_reward_spec(spec: str, key: str) -> None:
     module, _, name = spec.partition(":")
     if not module or not name or "#" in spec:
         raise RecipeError(f"{key}: {spec!r} is not a reward: no such run folder, and not module:function; expected {expected}")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise RecipeError(f"{key}: reward function {spec!r} cannot be imported: {exc}") from None
-    if not callable(fn):
-        raise RecipeError(f"{key}: {spec!r} is not callable")
+    import_reward_function(spec, key)

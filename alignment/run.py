@@ -215,5 +215,3 @@ def end_process_group() -> None:
     torch = sys.modules.get("torch")  # stages that never imported torch have no group to end
     if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-
-

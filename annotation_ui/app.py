@@ -23,8 +23,8 @@ import gradio as gr
 
 from alignment.annotations import AnnotationStore
 from alignment.annotations.export import MODES
-from alignment.run import write_jsonl
 from alignment.errors import AlignmentError
+from alignment.run import write_jsonl
 
 MAX_CANDIDATES = 8
 CHOICES = [("A is better", "A"), ("B is better", "B"), ("Tie", "tie"), ("Both bad", "both_bad")]

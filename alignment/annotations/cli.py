@@ -10,9 +10,9 @@ import sys
 from collections.abc import Sequence
 
 from alignment.annotations.export import MODES
-from alignment.run import write_jsonl
 from alignment.annotations.store import ROLES, AnnotationStore
 from alignment.errors import AlignmentError, DataError
+from alignment.run import write_jsonl
 
 PASSWORD_ENV = "ANNOTATION_PASSWORD"
 

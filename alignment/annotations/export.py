@@ -102,5 +102,3 @@ def _consensus(group: list[JudgementRecord]) -> dict[int, int]:
     """Competition ranking ("1224") of the candidates' mean ranks."""
     mean = {c: sum(r.ranks[c] for r in group) / len(group) for c in group[0].ranks}
     return {c: 1 + sum(other < m for other in mean.values()) for c, m in mean.items()}
-
-

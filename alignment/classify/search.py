@@ -17,8 +17,8 @@ from typing import Any, Callable
 import optuna
 from transformers import TrainerCallback
 
-from alignment.errors import AlignmentError, RecipeError
 from alignment.config import as_flags
+from alignment.errors import AlignmentError, RecipeError
 from alignment.run import write_json
 
 logger = logging.getLogger(__name__)

@@ -24,11 +24,11 @@ from alignment.classify.baseline import evaluate_baseline
 from alignment.classify.metrics import EvalMetrics, classification_metrics, plot_confusion
 from alignment.classify.search import SearchSpec, parse_search, run_search
 from alignment.classify.trainer import ClassifierTrainer, class_weights_tensor
+from alignment.config import as_flags
 from alignment.data import DataArguments, load_data
 from alignment.errors import RecipeError
 from alignment.models import ModelArguments, load_model, load_tokenizer, save_model
 from alignment.predict import prediction_rows
-from alignment.config import as_flags
 from alignment.run import stage_main, write_jsonl
 from alignment.training import NonFiniteLossGuard, begin, parse_stage, resume_from, write_results
 

@@ -128,7 +128,9 @@ class PPOConfig:
         for key in ("kl_coef", "vf_coef", "ent_coef", "max_grad_norm", "weight_decay", "warmup_ratio"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
-        for key in ("learning_rate", "cliprange", "cliprange_value", "kl_target", "kl_horizon", "response_length", "batch_size", "ppo_epochs", "num_mini_batches", "gradient_accumulation_steps", "total_steps"):
+        positive = ("learning_rate", "cliprange", "cliprange_value", "kl_target", "kl_horizon", "response_length", "batch_size",
+                    "ppo_epochs", "num_mini_batches", "gradient_accumulation_steps", "total_steps")
+        for key in positive:
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from alignment.errors import RecipeError
+from alignment.generation import prompt_text
 from alignment.models import load_tokenizer, read_meta
 from alignment.models.loader import is_adapter
 from alignment.ppo.args import PPOConfig
-from alignment.generation import prompt_text
 from alignment.rewards import Prompt, encode, encoding_settings, load_reward_model
 
 ScoreFn = Callable[[list[Prompt], list[str]], list[float]]

@@ -371,9 +371,7 @@ class PPOTrainer:
             start = time.perf_counter()
             response_ids, sampler_logp = self.sample(query, with_logprobs=True) if not self.sampler_checked else (self.sample(query), None)
             generated = time.perf_counter()
-            mask = response_mask(response_ids, tok.eos_token_id, tok.pad_token_id)
-            input_ids = torch.cat([query["input_ids"], response_ids], dim=1)
-            attention_mask = torch.cat([query["attention_mask"], mask.long()], dim=1)
+            mask, input_ids, attention_mask = self.with_responses(query, response_ids)
             prompt_length = query["input_ids"].shape[1]
             logp, values, entropy = [], [], []
             for part in self.chunks(len(prompts)):
@@ -405,6 +403,12 @@ class PPOTrainer:
         timings = {"time_generation": generated - start, "time_scoring": time.perf_counter() - generated}
         return rollout, timings
 
+    def with_responses(self, query: dict[str, torch.Tensor], response_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The response mask (up to and including EOS) and the prompt + response ids and attention mask."""
+        mask = response_mask(response_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        input_ids = torch.cat([query["input_ids"], response_ids], dim=1)
+        return mask, input_ids, torch.cat([query["attention_mask"], mask.long()], dim=1)
+
     def decode(self, response_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
         """Response texts (up to and including EOS; special tokens dropped)."""
         return [self.tokenizer.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(response_ids, mask)]
@@ -419,9 +423,7 @@ class PPOTrainer:
             with self.accelerator.autocast():
                 query = self.encode_prompts(prompts)
                 response_ids = self.sample(query)
-                mask = response_mask(response_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
-                input_ids = torch.cat([query["input_ids"], response_ids], dim=1)
-                attention_mask = torch.cat([query["attention_mask"], mask.long()], dim=1)
+                mask, input_ids, attention_mask = self.with_responses(query, response_ids)
                 width = query["input_ids"].shape[1]
                 logp = self.logprobs(input_ids, attention_mask, width, response_ids)
                 ref_logp = self.logprobs(input_ids, attention_mask, width, response_ids, reference=True)
