@@ -70,25 +70,30 @@ class Monitor:
     prompts: list[Any]
     judges: dict[str, RewardFn]
     path: Path
+    columns: dict[str, list] = field(default_factory=dict)  # the prompts' extra columns, for reward functions
 
     @classmethod
-    def build(cls, args: MonitorArguments, run_dir: Path, proxy: RewardFn | None = None) -> Monitor | None:
-        """None without ``eval_prompts``; ``proxy`` is used when the recipe names no ``proxy_reward``."""
+    def build(cls, args: MonitorArguments, run_dir: Path, proxy: RewardFn | None = None,
+              extra_columns: list[str] | tuple[str, ...] = ()) -> Monitor | None:
+        """None without ``eval_prompts``; ``proxy`` is used when the recipe names no ``proxy_reward``;
+        ``extra_columns`` (the training data's) are read from the held-out prompts too."""
         if args.eval_prompts is None:
             return None
-        data = load_data(DataArguments(dataset_path=args.eval_prompts, max_samples=args.eval_max_prompts), "prompts")
+        data_args = DataArguments(dataset_path=args.eval_prompts, max_samples=args.eval_max_prompts, extra_columns=list(extra_columns))
+        data = load_data(data_args, "prompts")
         judges: dict[str, RewardFn] = {}
         if args.proxy_reward or proxy is not None:
             judges["proxy"] = resolve_reward(args.proxy_reward) if args.proxy_reward else proxy
         if args.gold_reward:
             judges["gold"] = resolve_reward(args.gold_reward)
-        return cls(list(data.splits["train"]["prompt"]), judges, run_dir / EVAL_FILE)
+        rows = data.splits["train"]
+        return cls(list(rows["prompt"]), judges, run_dir / EVAL_FILE, {c: list(rows[c]) for c in extra_columns})
 
     def record(self, step: int, responses: list[str], kl: np.ndarray) -> dict[str, Any]:
         """Score ``responses`` (one per prompt) with every judge; append the row and return it."""
         row: dict[str, Any] = {"step": step, "num_prompts": len(responses), "kl": float(np.mean(kl)), "kl_ci95": bootstrap_ci(kl, 1000)}
         for name, judge in self.judges.items():
-            scores = np.asarray(judge(self.prompts, responses), dtype=float)
+            scores = np.asarray(judge(self.prompts, responses, **self.columns), dtype=float)
             row[f"{name}_reward"] = float(scores.mean())
             row[f"{name}_reward_ci95"] = bootstrap_ci(scores, 1000)
         append_jsonl(self.path, [row])

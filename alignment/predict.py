@@ -6,8 +6,7 @@
 Each output line (JSONL, to stdout or ``--out``) is the input row (``{"text": ...}`` for ``--text``) plus ``label``
 (the most probable class) and ``probabilities`` (label -> probability); an input ``label`` is kept as
 ``gold_label``. Texts longer than the run's ``max_length`` (or ``--max_length``) are cut to it, and how many were
-cut is printed. In Python, :func:`load_classifier` returns a
-:class:`Classifier`; its ``scores(texts, label="positive")`` lets RL stages use a classifier as a reward.
+cut is printed. The classifier itself is :func:`alignment.rewards.load_classifier`.
 """
 
 from __future__ import annotations
@@ -15,75 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from tqdm.auto import tqdm
-
 from alignment.data import read_rows
-from alignment.errors import DataError, ModelError, RecipeError
-from alignment.models import load_trained
+from alignment.errors import DataError, RecipeError
+from alignment.rewards import load_classifier
 from alignment.run import stage_main
-
-
-def prediction_rows(probabilities: np.ndarray, label_names: list[str]) -> list[dict[str, Any]]:
-    """``{"label": most probable name, "probabilities": {name: p}}`` per row of ``probabilities``."""
-    return [
-        {"label": label_names[int(p.argmax())], "probabilities": {n: float(x) for n, x in zip(label_names, p)}}
-        for p in probabilities
-    ]
-
-
-@dataclass
-class Classifier:
-    """A trained classifier with its tokenizer, label names, and the ``max_length`` and precision (``bf16``: under
-    bf16 autocast, as the stage's own evaluations ran) it was trained with."""
-
-    model: Any
-    tokenizer: Any
-    label_names: list[str]
-    max_length: int = 512
-    bf16: bool = False
-
-    @torch.no_grad()
-    def probabilities(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        """``(len(texts), num_labels)`` class probabilities; texts are batched by length, results keep input order."""
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        order = np.argsort([len(x) for x in ids], kind="stable")
-        out = np.zeros((len(ids), len(self.label_names)), dtype=np.float32)
-        for start in tqdm(range(0, len(order), batch_size), desc="classifying", unit="batch", disable=not progress):
-            rows = order[start : start + batch_size]
-            enc = self.tokenizer.pad([{"input_ids": ids[i]} for i in rows], return_tensors="pt").to(self.model.device)
-            with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                logits = self.model(**enc).logits
-            out[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-        return out
-
-    def count_truncated(self, texts: list[str]) -> int:
-        """How many of ``texts`` are longer than ``max_length`` tokens (and so are read cut)."""
-        return sum(len(ids) > self.max_length for ids in self.tokenizer(list(texts))["input_ids"])
-
-    def predict(self, texts: list[str], batch_size: int = 32, progress: bool = False) -> list[dict[str, Any]]:
-        """One ``{"label", "probabilities"}`` dict per text."""
-        return prediction_rows(self.probabilities(texts, batch_size, progress), self.label_names)
-
-    def scores(self, texts: list[str], label: str = "positive", batch_size: int = 32) -> list[float]:
-        """The probability of ``label`` for each text (a reward in [0, 1])."""
-        if label not in self.label_names:
-            raise ModelError(f"label {label!r} is not one of this classifier's labels {self.label_names}")
-        return self.probabilities(texts, batch_size)[:, self.label_names.index(label)].tolist()
-
-
-def load_classifier(run_dir: str | Path, **overrides: Any) -> Classifier:
-    """Load a classifier saved by ``alignment.classify`` (full weights or a peft adapter with its head)."""
-    model, tokenizer, meta = load_trained(run_dir, "seq_cls", **overrides)
-    names = meta.get("label_names") or [model.config.id2label[i] for i in range(model.config.num_labels)]
-    if len(names) < 2:
-        raise ModelError(f"{run_dir} is not a classifier (it has {len(names)} output); use alignment.score for reward models")
-    return Classifier(model, tokenizer, list(names), meta.get("max_length", 512), bool(meta.get("bf16", False)))
 
 
 def input_rows(args: argparse.Namespace) -> list[dict[str, Any]]:

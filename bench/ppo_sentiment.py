@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     figures["ppo_training"] = ppo_figures(ppo_run)
 
     # 3. DPO pairs: the start policy's samples on the training openings, labelled by the classifier
-    from alignment.predict import load_classifier
+    from alignment.rewards import load_classifier
 
     clf = load_classifier(classifier)
     start = time.perf_counter()

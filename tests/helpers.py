@@ -43,7 +43,7 @@ def metrics(run_dir: Path) -> dict:
 
 def fewer_the(prompts: list, responses: list[str]) -> list[float]:
     """A gold reward that disagrees with a proxy rewarding the word "the": minus its count."""
-    from alignment.ppo.rewards import keyword
+    from alignment.reward_functions import keyword
 
     return [-x for x in keyword(prompts, responses, ["the"])]
 

@@ -28,7 +28,7 @@ from alignment.config import as_flags
 from alignment.data import DataArguments, load_data
 from alignment.errors import RecipeError
 from alignment.models import ModelArguments, load_model, load_tokenizer, save_model
-from alignment.predict import prediction_rows
+from alignment.rewards import prediction_rows
 from alignment.run import stage_main, write_jsonl
 from alignment.training import NonFiniteLossGuard, begin, parse_stage, resume_from, write_results
 

@@ -56,6 +56,7 @@ class RowSpec:
     format: str
     task: str
     columns: dict[str, str]  # normalised column name -> source column name
+    extra: tuple[str, ...] = ()  # prompt data: source columns kept as they are (extra_columns)
     counts: Counter = field(default_factory=Counter)  # notable events while normalising, for the report
 
 
@@ -91,7 +92,7 @@ def normalise_row(row: dict, spec: RowSpec) -> list[dict]:
     """
     view = RowView(row, spec.columns, FORMAT_COLUMNS[spec.format])
     if spec.task == "prompts":
-        return [{"prompt": _prompt_of(view, spec)}]
+        return [{"prompt": _prompt_of(view, spec), **{name: _extra(row, name) for name in spec.extra}}]
     return NORMALISERS[spec.format](view, spec)
 
 
@@ -370,6 +371,16 @@ def _split_conversations(chosen: list[dict], rejected: list[dict]) -> tuple[list
     if shared == 0 or shared in (len(chosen), len(rejected)):
         raise BadRow("chosen and rejected must share leading prompt messages and each continue after them")
     return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
+def _extra(row: dict, name: str) -> str | float:
+    """An ``extra_columns`` value: a string or a number (a bool is neither)."""
+    if name not in row:
+        raise BadRow(f"column '{name}' (extra_columns) is missing")
+    value = row[name]
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise BadRow(f"column '{name}' (extra_columns) must be a string or a number, got {type_name(value)}")
+    return value if isinstance(value, str) else float(value)
 
 
 def _prompt_of(view: RowView, spec: RowSpec) -> str | list[dict]:

@@ -115,6 +115,8 @@ def _check_args(args: DataArguments, task: str) -> None:
         raise RecipeError("validation_split + test_split must be below 1 to leave training rows")
     if args.min_margin is not None and task != "preference":
         raise RecipeError(f"min_margin: only for preference data, not for task '{task}'")
+    if args.extra_columns and task != "prompts":
+        raise RecipeError(f"extra_columns: only for prompt data (PPO/GRPO rewards), not for task '{task}'")
     if args.balance != "none" and task != "classification":
         raise RecipeError(f"balance: only for classification data, not for task '{task}'")
     for key in ("min_chars", "max_chars"):
@@ -271,13 +273,14 @@ def _row_spec(source: Source, first: dict, args: DataArguments, run: _Run) -> tu
     present = set(first)
     columns = resolve_columns(column_map(args), present)
     run.source_label_names = run.source_label_names or source.class_names.get(columns["label"])
+    extra = tuple(args.extra_columns)
     if args.data_format != "auto":
-        return RowSpec(args.data_format, run.task, columns), "set by data_format"
+        return RowSpec(args.data_format, run.task, columns, extra), "set by data_format"
     data_format = detect_format(source.name, present, columns, run.task)
     evidence = [  # a preference prompt may come from the conversation column
         columns[name] if columns[name] in present else columns["messages"] for name in FORMAT_COLUMNS[data_format]
     ]
-    return RowSpec(data_format, run.task, columns), f"detected from columns {', '.join(evidence)}"
+    return RowSpec(data_format, run.task, columns, extra), f"detected from columns {', '.join(evidence)}"
 
 
 def _check_schema(splits: dict[str, list[Row]], run: _Run) -> None:

@@ -3,7 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from alignment.rewards import RewardTerm, reward_terms
+
+Estimator = Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"]
+CRITIC_FREE = ("grpo", "dr_grpo", "rloo", "reinforce_pp")
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+# What each estimator implies when the recipe leaves the key unset (null); see alignment/ppo/README.md.
+ESTIMATOR_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gae": {"value_model": "adapter", "kl_in": "reward", "loss_aggregation": "token_mean", "group_std_scaling": False},
+    "grpo": {"value_model": "none", "kl_in": "loss", "loss_aggregation": "seq_mean_token_mean", "group_std_scaling": True},
+    "dr_grpo": {"value_model": "none", "kl_in": "loss", "loss_aggregation": "seq_mean_token_sum", "group_std_scaling": False},
+    "rloo": {"value_model": "none", "kl_in": "reward", "loss_aggregation": "token_mean", "group_std_scaling": False},
+    "reinforce_pp": {"value_model": "none", "kl_in": "reward", "loss_aggregation": "token_mean", "group_std_scaling": False},
+}
 
 
 def _help(text: str) -> dict[str, str]:
@@ -12,10 +26,11 @@ def _help(text: str) -> dict[str, str]:
 
 @dataclass
 class PPOConfig:
-    """Rollout, reward, loss, optimisation and bookkeeping settings of one PPO run.
+    """Rollout, reward, advantage, loss, optimisation and bookkeeping settings of one PPO run.
 
-    One PPO step rolls out ``batch_size`` prompts per process, then runs ``ppo_epochs`` passes over them, each
-    split into ``num_mini_batches`` optimizer steps of ``gradient_accumulation_steps`` micro-batches.
+    One step rolls out ``batch_size`` responses per process (``batch_size / num_generations`` prompts, each
+    answered ``num_generations`` times), then runs ``ppo_epochs`` passes over them, each split into
+    ``num_mini_batches`` optimizer steps of ``gradient_accumulation_steps`` micro-batches.
     """
 
     # --- run
@@ -38,7 +53,12 @@ class PPOConfig:
         default=None, metadata=_help("Rollouts in all, over all processes; when set, it decides total_steps.")
     )
     # --- batches
-    batch_size: int = field(default=16, metadata=_help("Prompts rolled out per PPO step on each process."))
+    batch_size: int = field(
+        default=16, metadata=_help("Responses rolled out per step on each process (batch_size / num_generations prompts).")
+    )
+    num_generations: int = field(
+        default=1, metadata=_help("Responses sampled per prompt, kept together as a group (>= 2 for grpo, dr_grpo, rloo).")
+    )
     num_mini_batches: int = field(default=2, metadata=_help("Optimizer steps per PPO epoch (batch_size must divide)."))
     gradient_accumulation_steps: int = field(default=1, metadata=_help("Micro-batches per mini-batch."))
     ppo_epochs: int = field(default=4, metadata=_help("Passes over each rollout batch."))
@@ -54,7 +74,24 @@ class PPOConfig:
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     adam_epsilon: float = field(default=1e-5, metadata=_help("AdamW epsilon."))
     max_grad_norm: float = field(default=1.0, metadata=_help("Clip the gradient norm of each optimizer step."))
-    # --- PPO losses
+    # --- advantages and losses
+    advantage_estimator: Estimator = field(
+        default="gae",
+        metadata=_help(
+            "gae: PPO with a learnt value function (GAE); grpo, dr_grpo, rloo, reinforce_pp: critic-free, from the "
+            "group of num_generations responses (grpo, dr_grpo, rloo) or the batch (reinforce_pp)."
+        ),
+    )
+    group_std_scaling: bool | None = field(
+        default=None, metadata=_help("grpo/dr_grpo: divide group-centred rewards by the group's std (null: on for grpo, off for dr_grpo).")
+    )
+    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] | None = field(
+        default=None,
+        metadata=_help(
+            "Policy-loss reduction: token_mean, seq_mean_token_mean (GRPO's), seq_mean_token_sum (Dr. GRPO's, over the "
+            "constant response_length). null: the estimator's."
+        ),
+    )
     gamma: float = field(default=1.0, metadata=_help("Discount factor of GAE."))
     lam: float = field(default=0.95, metadata=_help("GAE lambda."))
     cliprange: float = field(default=0.2, metadata=_help("Clip range of the policy ratio."))
@@ -63,7 +100,14 @@ class PPOConfig:
     ent_coef: float = field(default=0.0, metadata=_help("Weight of the entropy bonus."))
     # --- KL penalty against the reference policy
     kl_coef: float = field(default=0.05, metadata=_help("KL penalty coefficient (the initial one when adaptive)."))
-    kl_estimator: Literal["k1", "k2", "k3"] = field(default="k1", metadata=_help("Per-token KL estimator."))
+    kl_in: Literal["reward", "loss"] | None = field(
+        default=None,
+        metadata=_help("reward: -kl_coef * KL per token in the reward; loss: kl_coef * KL(pi || pi_ref) added to the "
+                       "loss, GRPO style. null: loss for grpo/dr_grpo, reward otherwise."),
+    )
+    kl_estimator: Literal["k1", "k2", "k3"] | None = field(
+        default=None, metadata=_help("Per-token KL estimator (null: k1 in the reward, k3 in the loss).")
+    )
     adaptive_kl: bool = field(default=False, metadata=_help("Adapt kl_coef towards kl_target (Ziegler et al. 2019)."))
     kl_target: float = field(default=6.0, metadata=_help("Adaptive KL: target KL per sequence, in nats."))
     kl_horizon: int = field(default=10000, metadata=_help("Adaptive KL: horizon, in rollouts."))
@@ -88,6 +132,13 @@ class PPOConfig:
         metadata=_help("Python reward 'module:function' taking (prompts, responses) -> list[float], or a built-in: length, keyword."),
     )
     reward_kwargs: dict = field(default_factory=dict, metadata=_help("Keyword arguments for reward_function."))
+    rewards: list[dict] = field(
+        default_factory=list,
+        metadata=_help(
+            "Instead of reward_model/reward_function: a weighted sum [{spec, weight, kwargs, name}, ...] of reward "
+            "specs (an RM run folder, CLASSIFIER_RUN#label, a built-in function or module:function); each is logged."
+        ),
+    )
     reward_batch_size: int = field(default=16, metadata=_help("Rows per reward-model forward pass."))
     normalize_rewards: bool = field(
         default=True,
@@ -111,25 +162,28 @@ class PPOConfig:
     use_chat_template: bool = field(
         default=True, metadata=_help("Render prompts through the chat template; false continues the raw text.")
     )
-    value_model: Literal["adapter", "head"] = field(
-        default="adapter",
+    value_model: Literal["adapter", "head", "none"] | None = field(
+        default=None,
         metadata=_help(
             "adapter: the value function is a second LoRA adapter + scalar head on the shared base; "
-            "head: a scalar head on the policy's hidden states (one forward pass, shared features)."
+            "head: a scalar head on the policy's hidden states (one forward pass, shared features); "
+            "none: no value function (the critic-free estimators). null: adapter for gae, none otherwise."
         ),
     )
 
     def __post_init__(self) -> None:
         """ValueErrors here reach the user as RecipeErrors naming the recipe file."""
+        self.resolve_estimator()
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 for PPO (log-probs are those of the sampler), got {self.temperature}")
-        if (self.reward_model is None) == (self.reward_function is None):
-            raise ValueError("set exactly one of reward_model (a run folder or checkpoint) and reward_function")
+        self.rewards = reward_terms(self.rewards)
+        if sum((self.reward_model is not None, self.reward_function is not None, bool(self.rewards))) != 1:
+            raise ValueError("set exactly one of reward_model (a run folder or checkpoint), reward_function and rewards (a list)")
         for key in ("kl_coef", "vf_coef", "ent_coef", "max_grad_norm", "weight_decay", "warmup_ratio"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         positive = ("learning_rate", "cliprange", "cliprange_value", "kl_target", "kl_horizon", "response_length", "batch_size",
-                    "ppo_epochs", "num_mini_batches", "gradient_accumulation_steps", "total_steps")
+                    "ppo_epochs", "num_mini_batches", "gradient_accumulation_steps", "total_steps", "num_generations")
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
@@ -137,12 +191,54 @@ class PPOConfig:
             raise ValueError(f"gamma and lam must be in [0, 1], got {self.gamma} and {self.lam}")
         if self.eval_steps is not None and self.eval_steps < 1:
             raise ValueError(f"eval_steps must be >= 1 (or null), got {self.eval_steps}")
+        if self.batch_size % self.num_generations:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be divisible by num_generations ({self.num_generations}): "
+                "each prompt's responses stay together as one group"
+            )
+        if self.advantage_estimator in GROUP_ESTIMATORS and self.num_generations < 2:
+            raise ValueError(f"advantage_estimator {self.advantage_estimator} compares responses to one prompt: num_generations must be >= 2")
         micro = self.num_mini_batches * self.gradient_accumulation_steps
         if self.batch_size % micro:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be divisible by num_mini_batches x gradient_accumulation_steps "
                 f"({self.num_mini_batches} x {self.gradient_accumulation_steps})"
             )
+
+    def resolve_estimator(self) -> None:
+        """Fill the keys left null with the estimator's defaults (ESTIMATOR_DEFAULTS); reject contradictions."""
+        defaults = ESTIMATOR_DEFAULTS[self.advantage_estimator]
+        critic_free = self.advantage_estimator in CRITIC_FREE
+        if critic_free and self.value_model not in (None, "none"):
+            raise ValueError(f"value_model: {self.value_model} trains a critic, which advantage_estimator "
+                             f"{self.advantage_estimator} does not use; leave value_model unset (none) or use gae")
+        if not critic_free and self.value_model == "none":
+            raise ValueError("advantage_estimator gae needs a value function: value_model adapter or head")
+        if self.group_std_scaling and self.advantage_estimator not in ("grpo", "dr_grpo"):
+            raise ValueError(f"group_std_scaling is for grpo and dr_grpo, not {self.advantage_estimator}")
+        for key, value in defaults.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.kl_estimator is None:
+            self.kl_estimator = "k1" if self.kl_in == "reward" else "k3"
+
+    @property
+    def critic(self) -> bool:
+        """Whether a value function is trained (gae)."""
+        return self.value_model != "none"
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.batch_size // self.num_generations
+
+    def reward_terms(self) -> list[RewardTerm]:
+        """The reward as weighted terms: the ``rewards`` list, or the one reward_model / reward_function key."""
+        if self.rewards:
+            return self.rewards
+        if self.reward_function is not None:
+            return [RewardTerm(self.reward_function, 1.0, self.reward_kwargs)]
+        label = f"#{self.reward_label}" if self.reward_label is not None else ""
+        return [RewardTerm(self.reward_model + label)]
 
     @property
     def mini_batch_size(self) -> int:

@@ -11,6 +11,14 @@ Sources:
 - [N]     Huang et al. 2024, "The N Implementation Details of RLHF with PPO" (ICLR blog track) and
           "The N+ Implementation Details of RLHF with PPO: A Case Study on TL;DR Summarization", arXiv:2403.17031.
 - [Chan]  Chan, Golub & LeVeque 1979, "Updating Formulae and a Pairwise Algorithm for Computing Sample Variances".
+- [GRPO]  Shao et al. 2024, "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models",
+          arXiv:2402.03300, sec. 4.1 (Group Relative Policy Optimization).
+- [DrG]   Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective", arXiv:2503.20783 (Dr. GRPO).
+- [RLOO]  Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human
+          Feedback in LLMs", arXiv:2402.14740; Kool, van Hoof & Welling 2019, "Buy 4 REINFORCE Samples, Get a
+          Baseline for Free!".
+- [R++]   Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models",
+          arXiv:2501.03262.
 
 Conventions: per-token tensors are shaped [batch, response_len]; `mask` is 1.0 on real response tokens (up to and
 including the first EOS) and 0.0 elsewhere, always a prefix of each row (as `response_mask` builds it). Rollout
@@ -26,6 +34,7 @@ import torch.nn.functional as F
 
 KLEstimator = Literal["k1", "k2", "k3"]
 MissingEosMode = Literal["subtract", "replace"]
+LossAggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"]
 
 
 def response_mask(response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int) -> torch.Tensor:
@@ -99,12 +108,15 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return variance * count / (count - 1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, moments: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
     """(x - mean) / std over the masked entries [N]; `shift_mean=False` adds the mean back (used for rewards).
 
-    Statistics use only entries where mask == 1; masked-out positions are set to 0.
+    Statistics use only entries where mask == 1 (or are the given `moments`, (mean, variance), e.g. over every
+    process's batch); masked-out positions are set to 0.
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    mean, var = moments if moments is not None else (masked_mean(x, mask), masked_var(x, mask))
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -182,19 +194,84 @@ def compute_gae(
     return advantages, advantages + values
 
 
+def group_advantages(
+    scores: torch.Tensor, group_size: int, scale_std: bool = True, leave_one_out: bool = False, eps: float = 1e-6
+) -> torch.Tensor:
+    """Critic-free sequence advantages from G = ``group_size`` responses per prompt; ``scores`` [batch] holds each
+    prompt's G responses next to each other (rows g*G .. g*G + G - 1).
+
+    * GRPO [GRPO eq. (4)]: A_i = (r_i - mean(r)) / std(r), std with Bessel's correction, ``eps`` added;
+    * Dr. GRPO [DrG sec. 3.1]: ``scale_std=False``, A_i = r_i - mean(r) (the std scaling biases towards
+      too-easy and too-hard prompts);
+    * RLOO [RLOO eq. (7)]: ``leave_one_out``, A_i = r_i - 1/(G-1) sum_{j != i} r_j, the mean of the *other*
+      responses (an unbiased baseline).
+    Returns [batch]; each advantage is broadcast over its response's tokens by the caller.
+    """
+    grouped = scores.view(-1, group_size)
+    if leave_one_out:
+        baseline = (grouped.sum(-1, keepdim=True) - grouped) / (group_size - 1)
+        return (grouped - baseline).reshape(-1)
+    advantages = grouped - grouped.mean(-1, keepdim=True)
+    if scale_std:
+        advantages = advantages / (grouped.std(-1, keepdim=True) + eps)
+    return advantages.reshape(-1)
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Reward-to-go G_t = sum_{s >= t} gamma^(s - t) r_s over each response's real tokens, 0 on masked positions:
+    REINFORCE++'s per-token return [R++ eq. (5)], before its global whitening."""
+    rewards = rewards * mask
+    running = torch.zeros_like(rewards[:, 0])
+    reversed_returns = []
+    for t in reversed(range(rewards.shape[-1])):
+        running = rewards[:, t] + gamma * running
+        reversed_returns.append(running)
+    return torch.stack(reversed_returns[::-1], dim=-1) * mask
+
+
+def aggregate_loss(
+    per_token: torch.Tensor, mask: torch.Tensor, aggregation: LossAggregation, max_length: int | None = None
+) -> torch.Tensor:
+    """Reduce a per-token loss [batch, len] to a scalar:
+
+    * ``token_mean``: sum over all real tokens / their number (every token weighs alike; PPO [N], DAPO);
+    * ``seq_mean_token_mean``: the mean over sequences of each sequence's token mean [GRPO eq. (3)]
+      (a long response's tokens weigh less);
+    * ``seq_mean_token_sum``: the mean over sequences of each sequence's token *sum*, divided by the constant
+      ``max_length`` (the response-length limit) instead of the sequence's own length [DrG sec. 3.1]: no length
+      bias, and a learning-rate scale comparable to the means.
+    """
+    if aggregation == "token_mean":
+        return masked_mean(per_token, mask)
+    if aggregation == "seq_mean_token_mean":
+        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    if aggregation == "seq_mean_token_sum":
+        if not max_length:
+            raise ValueError("seq_mean_token_sum needs max_length, the constant normaliser")
+        return ((per_token * mask).sum(-1) / max_length).mean()
+    raise ValueError(f"loss aggregation must be token_mean, seq_mean_token_mean or seq_mean_token_sum, got {aggregation!r}")
+
+
 def policy_loss(
-    logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
+    logp_new: torch.Tensor,
+    logp_old: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+    aggregation: LossAggregation = "token_mean",
+    max_length: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate [PPO eq. 7]: L = -mean_t min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t).
 
-    rho_t = pi_new / pi_old; the mean is over all real tokens of the minibatch [N]. Stats (detached):
+    rho_t = pi_new / pi_old; the mean is over the real tokens of the minibatch as ``aggregation`` says
+    (:func:`aggregate_loss`; PPO's is ``token_mean`` [N]). Stats (detached, token means):
     `clipfrac` (fraction of tokens where the clipped term is active, i.e. the gradient is zero), `approx_kl`
     (k3 estimate of KL(pi_old || pi_new) [KL]), `ratio_mean`.
     """
     ratio = torch.exp(logp_new - logp_old)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = aggregate_loss(torch.maximum(unclipped, clipped), mask, aggregation, max_length)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),

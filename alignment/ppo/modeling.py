@@ -4,7 +4,8 @@ The base (usually 4-bit NF4) is loaded once. Its peft wrapper holds
 
 * ``default`` — the policy's LoRA adapter (trained; continued from an SFT adapter when PPO starts from one);
 * ``value`` — a second LoRA adapter whose last hidden state feeds a scalar ``value_head`` (``value_model: adapter``),
-  or nothing, the head then reading the policy's hidden states (``value_model: head``);
+  or nothing, the head then reading the policy's hidden states (``value_model: head``), or neither adapter nor head
+  (``value_model: none``, the critic-free estimators);
 * ``reference`` — a frozen copy of the SFT adapter the policy started from; when the policy starts from a base or
   a merged checkpoint there is none and the reference policy is the base with adapters disabled;
 * ``reward`` — optionally, a reward model's LoRA adapter (trained on the same base) with its frozen score head.
@@ -49,10 +50,11 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.model = peft_model
         self.value_model = value_model
-        hidden_size = peft_model.get_base_model().config.hidden_size
-        self.value_head = nn.Linear(hidden_size, 1)
-        nn.init.zeros_(self.value_head.weight)
-        nn.init.zeros_(self.value_head.bias)
+        self.value_head: nn.Linear | None = None
+        if value_model != "none":
+            self.value_head = nn.Linear(peft_model.get_base_model().config.hidden_size, 1)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
         self.reward_head: nn.Linear | None = None
         if value_model == "adapter":
             peft_model.add_adapter(VALUE, value_config)
@@ -102,6 +104,10 @@ class ActorCritic(nn.Module):
         self.model.set_adapter(POLICY)
 
     # ------------------------------------------------------------------------------------------ forward passes
+    @property
+    def device(self) -> torch.device:
+        return next(p for p in self.parameters() if p.requires_grad).device
+
     def _base(self):
         return self.model.get_base_model()
 
@@ -129,8 +135,11 @@ class ActorCritic(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Policy logits [batch, R, vocab] and values V(s_t) [batch, R] of the states before each response token."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Policy logits [batch, R, vocab] and values V(s_t) [batch, R] of the states before each response token
+        (None without a value function)."""
+        if self.value_model == "none":
+            return self.causal_lm(input_ids, attention_mask, response_start), None
         if self.value_model == "head":
             logits, hidden = self.causal_lm(input_ids, attention_mask, response_start, hidden=True)
         else:
@@ -163,7 +172,7 @@ class ActorCritic(nn.Module):
         self.reward_head = nn.Linear(head["weight"].shape[1], 1, bias="bias" in head)
         self.reward_head.load_state_dict(head)
         self.reward_head.requires_grad_(False)
-        self.reward_head.to(self.value_head.weight.device)
+        self.reward_head.to(self.device)
         self.use_adapter(POLICY)
 
     @torch.no_grad()
@@ -171,7 +180,7 @@ class ActorCritic(nn.Module):
         """Reward-adapter scores of encoded sequences, read at each sequence's last token (as the RM was trained)."""
         if self.reward_head is None:
             raise ModelError("no reward adapter loaded")
-        device = self.value_head.weight.device
+        device = self.device
         scores: list[float] = []
         self.use_adapter(REWARD)
         try:

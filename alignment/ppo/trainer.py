@@ -1,7 +1,8 @@
-"""The PPO loop for RLHF: rollouts, scoring, reward shaping, GAE, clipped updates, logging and checkpoints.
+"""The PPO loop for RLHF: rollouts, scoring, reward shaping, advantages (GAE or a critic-free estimator), clipped
+updates, logging and checkpoints.
 
 The math lives in :mod:`alignment.ppo.core`; the single-base model (policy, reference, value, reward adapters) in
-:mod:`alignment.ppo.modeling`; reward sources in :mod:`alignment.ppo.rewards`. ``accelerate`` places the model and
+:mod:`alignment.ppo.modeling`; the reward in :mod:`alignment.ppo.rewards`. ``accelerate`` places the model and
 runs the same code on one or many processes (each process rolls out ``batch_size`` prompts of its own).
 """
 
@@ -38,8 +39,12 @@ from alignment.ppo.core import (
     FixedKLController,
     KLController,
     RunningMoments,
+    aggregate_loss,
     compute_gae,
+    discounted_returns,
     entropy_from_logits,
+    group_advantages,
+    kl_penalty,
     explained_variance,
     logprobs_from_logits,
     masked_mean,
@@ -50,14 +55,20 @@ from alignment.ppo.core import (
     value_loss,
 )
 from alignment.ppo.modeling import POLICY, ActorCritic
-from alignment.ppo.rewards import RewardSource, load_reward_source
-from alignment.rewards import check_reward_spec
+from alignment.ppo.rewards import load_reward
+from alignment.rewards import WeightedReward, check_reward_spec
 from alignment.run import append_jsonl, configure_wandb, start_run, truncate_jsonl, write_json
 from alignment.training import ResumeArguments, parse_stage, resume_from
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS = {"method": "qlora"}
+# Stage defaults under the recipe: alignment.grpo is this stage with GRPO's (DeepSeekMath: beta 0.04, one policy
+# update per batch of G answers per prompt).
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ppo": {"method": "qlora"},
+    "grpo": {"method": "qlora", "advantage_estimator": "grpo", "num_generations": 4, "ppo_epochs": 1,
+             "num_mini_batches": 1, "kl_coef": 0.04},
+}
 PPO_METHODS = ("lora", "qlora")
 CHECKPOINT_PREFIX = "checkpoint-"
 TEMP_PREFIX = ".tmp-checkpoint-"
@@ -67,24 +78,26 @@ TEMP_PREFIX = ".tmp-checkpoint-"
 class Rollout:
     """One batch of sampled responses and what PPO derives from it; per-token tensors are [batch, R]."""
 
-    input_ids: torch.Tensor  # [batch, P + R]: left-padded prompt, then the right-padded response
+    input_ids: torch.Tensor  # [batch, P + R]: left-padded prompt, then the right-padded response; a prompt's
+    # num_generations responses are adjacent rows
     attention_mask: torch.Tensor
     prompt_length: int  # P
     response_ids: torch.Tensor
     mask: torch.Tensor  # 1.0 on response tokens up to and including the first EOS
     logp: torch.Tensor  # log pi_old(a_t | s_t) at the sampling temperature
     ref_logp: torch.Tensor
-    values: torch.Tensor
+    values: torch.Tensor  # zeros without a value function
     entropy: torch.Tensor
     scores: torch.Tensor  # [batch] raw reward-source scores
     score_terms: torch.Tensor  # [batch] the normalised score as it enters the shaped reward (before any whitening)
     rewards: torch.Tensor  # shaped per-token rewards (normalised score at the last token, -beta * KL per token)
-    advantages: torch.Tensor  # whitened GAE advantages
-    returns: torch.Tensor
+    advantages: torch.Tensor  # per token: whitened GAE, or the estimator's (a sequence's advantage on each of its tokens)
+    returns: torch.Tensor  # GAE's value targets (zeros without a value function)
     kl: torch.Tensor  # [batch] KL(pi || pi_ref) summed over each response
     has_eos: torch.Tensor  # [batch] bool
     prompts: list[Any]
     responses: list[str]
+    components: dict[str, torch.Tensor]  # [batch] raw score of each reward term, by name
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -133,15 +146,21 @@ def check_method(model_args: ModelArguments) -> None:
         raise RecipeError(f"PPO trains LoRA adapters on one shared base: method must be lora or qlora, got {model_args.method}")
 
 
-def check_reward_path(config: PPOConfig) -> None:
-    """Before any model loads: a classifier reward is a run folder that has ``reward_label``; any other local-looking
-    ``reward_model`` must exist."""
-    if config.reward_model is None:
+def check_rewards(config: PPOConfig, data_args: DataArguments) -> None:
+    """Before any model loads: every reward term names a reward (a run folder that exists, with its label for a
+    classifier; a function that imports and takes its kwargs), and the data keeps the columns the functions need."""
+    if config.reward_model is not None and config.reward_label is None:
+        if looks_local(config.reward_model) and not Path(config.reward_model).exists():
+            raise RecipeError(f"reward_model: no such folder: {config.reward_model}")
         return
-    if config.reward_label is not None:
-        check_reward_spec(f"{config.reward_model}#{config.reward_label}", "reward_model")
-    elif looks_local(config.reward_model) and not Path(config.reward_model).exists():
-        raise RecipeError(f"reward_model: no such folder: {config.reward_model}")
+    key = "rewards" if config.rewards else "reward_function" if config.reward_function else "reward_model"
+    for i, term in enumerate(config.reward_terms()):
+        where = f"{key}[{i}]" if config.rewards else key
+        needed = check_reward_spec(term.spec, where, term.kwargs)
+        missing = [c for c in needed if c not in data_args.extra_columns]
+        if missing:
+            raise RecipeError(f"{where}: '{term.spec}' reads the data column(s) {missing}: add them to extra_columns "
+                              f"(now {data_args.extra_columns})")
 
 
 class PPOTrainer:
@@ -171,9 +190,8 @@ class PPOTrainer:
         reference = model_args.model_name_or_path if is_adapter(model_args.model_name_or_path) else None
         actor_critic = ActorCritic(policy, config.value_model, peft_config(model_args, "causal", []), reference)
         actor_critic.eval()  # dropout off for good: rollouts and updates must see the same policy
-        self.reward: RewardSource = load_reward_source(
-            config, actor_critic, getattr(policy, "alignment_base_model", None), accelerator.device
-        )
+        self.reward: WeightedReward = load_reward(config, actor_critic, getattr(policy, "alignment_base_model", None), accelerator.device)
+        self.columns = [c for c in prompts[0] if c != "prompt"]
         optimizer = torch.optim.AdamW(
             actor_critic.trainable_parameters(), lr=config.learning_rate, eps=config.adam_epsilon, weight_decay=config.weight_decay
         )
@@ -183,23 +201,25 @@ class PPOTrainer:
         self.scheduler = get_scheduler(
             config.lr_scheduler_type, self.optimizer, num_warmup_steps=int(config.warmup_ratio * updates), num_training_steps=updates
         )
-        self.monitor = Monitor.build(monitor_args, run_dir, proxy=self.reward.score) if monitor_args else None
+        self.monitor = Monitor.build(monitor_args, run_dir, proxy=self.reward.score, extra_columns=self.columns) if monitor_args else None
         self.kl_ctl = kl_controller(config)
         self.reward_moments = RunningMoments()
         self.step = 0
         self.generation_config = sampling_config(config, self.tokenizer)
         self.sampler_checked = False
-        logger.info("PPO: reward from %s; %d steps of %d prompts x %d processes", self.reward.description,
-                    self.total_steps, config.batch_size, accelerator.num_processes)
+        logger.info("%s: reward from %s; %d steps of %d prompts x %d responses x %d processes", config.advantage_estimator,
+                    self.reward.description, self.total_steps, config.prompts_per_step, config.num_generations,
+                    accelerator.num_processes)
 
     @classmethod
-    def from_recipe(cls, argv: list[str]) -> PPOTrainer:
-        """Parse the recipe, load the prompts, create the run folder and trackers, load the models."""
+    def from_recipe(cls, argv: list[str], stage: str = "ppo") -> PPOTrainer:
+        """Parse the recipe (under ``stage``'s defaults), load the prompts, create the run folder and trackers, load
+        the models."""
         model_args, data_args, resume_args, monitor_args, config = parse_stage(
-            argv, "ppo", (ModelArguments, DataArguments, ResumeArguments, MonitorArguments, PPOConfig), DEFAULTS
+            argv, stage, (ModelArguments, DataArguments, ResumeArguments, MonitorArguments, PPOConfig), STAGE_DEFAULTS[stage]
         )
         check_method(model_args)  # before the Accelerator: its precision is fixed once per process
-        check_reward_path(config)
+        check_rewards(config, data_args)
         data = load_data(data_args, "prompts")
         accelerator = Accelerator(
             cpu=config.use_cpu,
@@ -215,7 +235,7 @@ class PPOTrainer:
             accelerator.init_trackers("alignment", config=recipe, init_kwargs={"wandb": {"dir": str(run_dir), "name": config.run_name}})
         for line in data.report:
             logger.info("data: %s", line)
-        prompts = list(data.splits["train"]["prompt"])
+        prompts = data.splits["train"].to_list()  # {prompt, *extra_columns}
         return cls(config, model_args, prompts, accelerator, run_dir, resume=resume_args.resume, monitor_args=monitor_args)
 
     @property
@@ -260,7 +280,9 @@ class PPOTrainer:
     def ppo_step(self) -> dict[str, Any]:
         """One rollout batch and its PPO epochs; returns the step's metrics (averaged over processes)."""
         start, learning_rate = time.perf_counter(), self.scheduler.get_last_lr()[0]
-        rollout, timings = self.rollout(self.batch_prompts(self.step))
+        rows = self.batch_prompts(self.step)
+        columns = {c: [row[c] for row in rows] for c in self.columns}
+        rollout, timings = self.rollout([row["prompt"] for row in rows], columns)
         train_start = time.perf_counter()
         update_stats = self.update(rollout)
         timings["time_training"] = time.perf_counter() - train_start
@@ -270,8 +292,10 @@ class PPOTrainer:
         metrics = {k: float(v) for k, v in zip(metrics, self.accelerator.reduce(torch.tensor(list(metrics.values()), device=self.accelerator.device), "mean"))}
         scores = self.accelerator.gather(rollout.scores)
         metrics.update(reward_mean=scores.mean().item(), reward_std=scores.std().item() if scores.numel() > 1 else 0.0)
-        for name in ("policy_loss", "value_loss"):
-            if not math.isfinite(metrics[name]):
+        if len(rollout.components) > 1:
+            metrics.update({f"reward/{name}": self.accelerator.gather(x).mean().item() for name, x in rollout.components.items()})
+        for name in ("policy_loss", "value_loss", "kl_loss"):
+            if not math.isfinite(metrics.get(name, 0.0)):
                 raise AlignmentError(
                     f"{name} became {metrics[name]} at PPO step {self.step + 1}. Likely causes: learning rate too high, "
                     "fp16 overflow, or non-finite rewards. The last good checkpoint in the run folder is kept."
@@ -287,15 +311,17 @@ class PPOTrainer:
             **timings,
         }
 
-    def batch_prompts(self, step: int) -> list[Any]:
-        """This process's prompts for ``step``: a fixed seeded order per epoch, so a resumed run sees the same ones."""
-        size, rank = self.config.batch_size, self.accelerator.process_index
+    def batch_prompts(self, step: int) -> list[dict[str, Any]]:
+        """This process's data rows for ``step``, each repeated ``num_generations`` times in a row (a group): a
+        fixed seeded order per epoch over whole prompts, so groups never span processes and a resumed run sees the
+        same ones."""
+        size, rank = self.config.prompts_per_step, self.accelerator.process_index
         first = (step * self.accelerator.num_processes + rank) * size
         picked = []
         for position in range(first, first + size):
             epoch, index = divmod(position, len(self.prompts))
             order = torch.randperm(len(self.prompts), generator=torch.Generator().manual_seed(self.config.seed + epoch))
-            picked.append(self.prompts[int(order[index])])
+            picked.extend([self.prompts[int(order[index])]] * self.config.num_generations)
         return picked
 
     # -------------------------------------------------------------------------------------------------- rollout
@@ -363,8 +389,10 @@ class PPOTrainer:
         return {k: v.to(self.accelerator.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
     @torch.no_grad()
-    def rollout(self, prompts: list[Any]) -> tuple[Rollout, dict[str, float]]:
-        """Sample responses, score them, shape rewards with the KL penalty and compute GAE advantages."""
+    def rollout(self, prompts: list[Any], columns: dict[str, list] | None = None) -> tuple[Rollout, dict[str, float]]:
+        """Sample responses, score them, shape rewards with the KL penalty and compute the advantages.
+
+        ``columns``: the data's extra columns for these rows, for reward functions that read them."""
         cfg, tok, model = self.config, self.tokenizer, self.actor_critic
         with self.accelerator.autocast():
             query = self.encode_prompts(prompts)
@@ -378,30 +406,62 @@ class PPOTrainer:
                 logits, part_values = model(input_ids[part], attention_mask[part], prompt_length)
                 logp.append(logprobs_from_logits(logits, response_ids[part], cfg.temperature))
                 entropy.append(entropy_from_logits(logits, cfg.temperature))
-                values.append(part_values.float())
+                values.append(part_values.float() if part_values is not None else torch.zeros_like(logp[-1]))
             ref_logp = self.logprobs(input_ids, attention_mask, prompt_length, response_ids, reference=True)
         if sampler_logp is not None:
             self.check_sampler(sampler_logp, torch.cat(logp), mask)
         responses = self.decode(response_ids, mask)
-        scores = torch.tensor(self.reward.score(prompts, responses), dtype=torch.float32, device=mask.device)
+        components = self.reward.components(prompts, responses, **(columns or {}))
+        device = mask.device
+        components = {name: torch.tensor(x, dtype=torch.float32, device=device) for name, x in components.items()}
+        scores = torch.as_tensor(self.reward.total({k: v.tolist() for k, v in components.items()}), dtype=torch.float32, device=device)
         has_eos = (response_ids == tok.eos_token_id).any(dim=-1)
         logp, values = torch.cat(logp), torch.cat(values)
+        beta = self.kl_ctl.kl_coef if cfg.kl_in == "reward" else 0.0  # kl_in: loss puts it in micro_step instead
         rewards, kl = shape_rewards(
-            self.normalize(scores), logp, ref_logp, mask, self.kl_ctl.kl_coef, cfg.kl_estimator,
+            self.normalize(components), logp, ref_logp, mask, beta, cfg.kl_estimator,
             cfg.missing_eos_penalty, has_eos, cfg.missing_eos_mode,
         )
-        score_terms = rewards.sum(-1) + self.kl_ctl.kl_coef * kl  # the (normalised) score alone, before whitening
+        score_terms = rewards.sum(-1) + beta * kl  # the (normalised) score alone, before whitening
         if cfg.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
-        advantages, returns = compute_gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        advantages, returns = self.advantages(rewards, values, mask)
         rollout = Rollout(
             input_ids=input_ids, attention_mask=attention_mask, prompt_length=prompt_length, response_ids=response_ids,
             mask=mask, logp=logp, ref_logp=ref_logp, values=values, entropy=torch.cat(entropy), scores=scores,
-            score_terms=score_terms, rewards=rewards, advantages=masked_whiten(advantages, mask), returns=returns, kl=kl,
-            has_eos=has_eos, prompts=prompts, responses=responses,
+            score_terms=score_terms, rewards=rewards, advantages=advantages, returns=returns, kl=kl,
+            has_eos=has_eos, prompts=prompts, responses=responses, components=components,
         )
         timings = {"time_generation": generated - start, "time_scoring": time.perf_counter() - generated}
         return rollout, timings
+
+    def advantages(self, rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token advantages and value targets of the configured ``advantage_estimator``, from the shaped rewards
+        (score at the last token, -beta * KL per token when ``kl_in: reward``):
+
+        * gae: GAE on the critic's values, whitened over this process's batch [N];
+        * grpo, dr_grpo, rloo: each sequence's total reward against its group's (core.group_advantages), on every token;
+        * reinforce_pp: the reward-to-go, whitened over the whole batch of every process [R++].
+        """
+        cfg = self.config
+        if cfg.advantage_estimator == "gae":
+            advantages, returns = compute_gae(rewards, values, mask, cfg.gamma, cfg.lam)
+            return masked_whiten(advantages, mask), returns
+        if cfg.advantage_estimator == "reinforce_pp":
+            returns = discounted_returns(rewards, mask, cfg.gamma)
+            return masked_whiten(returns, mask, moments=self.global_moments(returns, mask)), torch.zeros_like(values)
+        sequence = group_advantages(
+            rewards.sum(-1), cfg.num_generations, scale_std=cfg.group_std_scaling, leave_one_out=cfg.advantage_estimator == "rloo"
+        )
+        return sequence.unsqueeze(-1) * mask, torch.zeros_like(values)
+
+    def global_moments(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and (unbiased) variance of ``x`` over the real tokens of every process's batch."""
+        sums = torch.stack([(x * mask).sum(), (x.square() * mask).sum(), mask.sum()])
+        total, total_sq, count = self.accelerator.reduce(sums, "sum")
+        mean = total / count
+        var = (total_sq / count - mean.square()) * count / (count - 1).clamp(min=1)
+        return mean, var.clamp(min=0.0)
 
     def with_responses(self, query: dict[str, torch.Tensor], response_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The response mask (up to and including EOS) and the prompt + response ids and attention mask."""
@@ -436,18 +496,21 @@ class PPOTrainer:
         responses, _ = self.sample_heldout(prompts, seed)
         return responses, self.reward.score(prompts, responses)
 
-    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
-        """Standardise scores with the reward model's saved statistics, else with running moments of all scores."""
-        if not self.config.normalize_rewards:
-            return scores
-        if self.reward.mean is not None and self.reward.std is not None:
-            return (scores - self.reward.mean) / max(self.reward.std, 1e-8)
-        self.reward_moments.update(self.accelerator.gather(scores))
-        return self.reward_moments.normalize(scores)
+    def normalize(self, components: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The weighted score as it enters the reward: with ``normalize_rewards``, each reward model's score is
+        standardised with its saved statistics; a reward with none has its total standardised with running moments
+        of every score seen (over all processes)."""
+        raw = {name: x.tolist() for name, x in components.items()}
+        device = next(iter(components.values())).device
+        total = torch.as_tensor(self.reward.total(raw, standardize=self.config.normalize_rewards), dtype=torch.float32, device=device)
+        if not self.config.normalize_rewards or self.reward.has_statistics:
+            return total
+        self.reward_moments.update(self.accelerator.gather(total))
+        return self.reward_moments.normalize(total)
 
     # -------------------------------------------------------------------------------------------------- update
     def update(self, rollout: Rollout) -> dict[str, float]:
-        """``ppo_epochs`` passes of clipped policy + value updates over shuffled mini-batches."""
+        """``ppo_epochs`` passes of clipped policy (+ value) updates over shuffled mini-batches."""
         cfg, acc = self.config, self.accelerator
         stats: dict[str, list[torch.Tensor]] = {}
         order_rng = torch.Generator().manual_seed(cfg.seed + self.step)
@@ -467,17 +530,29 @@ class PPOTrainer:
         return {name: torch.stack(values).mean().item() for name, values in stats.items()}
 
     def micro_step(self, rollout: Rollout, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss of one micro-batch, backpropagated: clipped surrogate (aggregated as ``loss_aggregation``),
+        + vf_coef x clipped value loss (with a critic), + kl_coef x KL(pi || pi_ref) (``kl_in: loss``, GRPO eq. 3),
+        - ent_coef x entropy (when ent_coef > 0)."""
         cfg = self.config
         mask = rollout.mask[rows]
         logits, values = self.model(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_length)
         logp = logprobs_from_logits(logits, rollout.response_ids[rows], cfg.temperature)
-        pg_loss, pg_stats = policy_loss(logp, rollout.logp[rows], rollout.advantages[rows], mask, cfg.cliprange)
-        vf_loss, vf_stats = value_loss(values.float(), rollout.values[rows], rollout.returns[rows], mask, cfg.cliprange_value)
-        loss = pg_loss + cfg.vf_coef * vf_loss
+        pg_loss, stats = policy_loss(
+            logp, rollout.logp[rows], rollout.advantages[rows], mask, cfg.cliprange, cfg.loss_aggregation, cfg.response_length
+        )
+        loss, stats = pg_loss, {"policy_loss": pg_loss.detach(), **stats}
+        if values is not None:
+            vf_loss, vf_stats = value_loss(values.float(), rollout.values[rows], rollout.returns[rows], mask, cfg.cliprange_value)
+            loss = loss + cfg.vf_coef * vf_loss
+            stats.update(value_loss=vf_loss.detach(), **vf_stats)
+        if cfg.kl_in == "loss":
+            kl = aggregate_loss(kl_penalty(logp, rollout.ref_logp[rows], cfg.kl_estimator), mask, cfg.loss_aggregation, cfg.response_length)
+            loss = loss + self.kl_ctl.kl_coef * kl
+            stats["kl_loss"] = kl.detach()
         if cfg.ent_coef:  # the entropy over the whole vocabulary, with its gradient, only when it is in the loss
             loss = loss - cfg.ent_coef * masked_mean(entropy_from_logits(logits, cfg.temperature), mask)
         self.accelerator.backward(loss)
-        return {"policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach(), **pg_stats, **vf_stats}
+        return stats
 
     # -------------------------------------------------------------------------------------------------- logging
     def rollout_metrics(self, rollout: Rollout) -> dict[str, float]:
@@ -487,10 +562,12 @@ class PPOTrainer:
             "rlhf_reward": rollout.rewards.sum(-1).mean().item(),
             "kl": rollout.kl.mean().item(),
             "entropy": masked_mean(rollout.entropy, mask).item(),
-            "explained_variance": explained_variance(rollout.values, rollout.returns, mask).item(),
-            "value_mean": masked_mean(rollout.values, mask).item(),
             "response_length": mask.sum(-1).mean().item(),
             "eos_rate": rollout.has_eos.float().mean().item(),
+            **({
+                "explained_variance": explained_variance(rollout.values, rollout.returns, mask).item(),
+                "value_mean": masked_mean(rollout.values, mask).item(),
+            } if self.config.critic else {}),
         }
 
     def log(self, metrics: dict[str, Any]) -> None:
@@ -499,12 +576,16 @@ class PPOTrainer:
         if not self.accelerator.is_main_process:
             return
         append_jsonl(self.run_dir / "metrics.jsonl", [metrics])
+        critic = (
+            f" value_loss {metrics['value_loss']:.4f} explained_var {metrics['explained_variance']:.2f}" if self.config.critic else ""
+        )
+        kl_loss = f" kl_loss {metrics['kl_loss']:.4f}" if "kl_loss" in metrics else ""
         logger.info(
-            "step %d/%d reward %.3f±%.3f kl %.3f (coef %.3g) entropy %.3f clipfrac %.3f value_loss %.4f "
-            "explained_var %.2f length %.1f eos %.0f%% | generation %.1fs scoring %.1fs training %.1fs",
+            "step %d/%d reward %.3f±%.3f kl %.3f (coef %.3g) entropy %.3f clipfrac %.3f%s%s length %.1f eos %.0f%% "
+            "| generation %.1fs scoring %.1fs training %.1fs",
             metrics["step"], self.total_steps, metrics["reward_mean"], metrics["reward_std"], metrics["kl"],
-            metrics["kl_coef"], metrics["entropy"], metrics["clipfrac"], metrics["value_loss"],
-            metrics["explained_variance"], metrics["response_length"], 100 * metrics["eos_rate"],
+            metrics["kl_coef"], metrics["entropy"], metrics["clipfrac"], critic, kl_loss,
+            metrics["response_length"], 100 * metrics["eos_rate"],
             metrics["time_generation"], metrics["time_scoring"], metrics["time_training"],
         )
 
@@ -625,7 +706,8 @@ class PPOTrainer:
         if self.accelerator.is_main_process:
             model = self.actor_critic
             model.keep_only_policy()
-            save_model(model.model, self.tokenizer, self.run_dir, kind="causal", method=self.model_args.method, stage="ppo", ppo_steps=self.step)
+            save_model(model.model, self.tokenizer, self.run_dir, kind="causal", method=self.model_args.method, stage="ppo",
+                       ppo_steps=self.step, advantage_estimator=self.config.advantage_estimator)
             write_json(self.run_dir / "metrics.json", summary)
         self.accelerator.wait_for_everyone()
         return summary

@@ -17,37 +17,44 @@ from hypothesis import strategies as st
 from alignment.data import DataArguments
 from alignment.errors import RecipeError
 from alignment.models import ModelArguments
+from alignment.monitor import MonitorArguments
 from alignment.ppo.args import PPOConfig
-from alignment.ppo.trainer import DEFAULTS
+from alignment.ppo.trainer import STAGE_DEFAULTS
 from alignment.training import ResumeArguments, parse_stage
 
 from helpers import ROOT
 
-CLASSES = (ModelArguments, DataArguments, ResumeArguments, PPOConfig)
-RECIPES = sorted((ROOT / "recipes" / "ppo").glob("*.yaml"))
+CLASSES = (ModelArguments, DataArguments, ResumeArguments, MonitorArguments, PPOConfig)
+RECIPES = sorted((ROOT / "recipes" / "ppo").glob("*.yaml")) + sorted((ROOT / "recipes" / "grpo").glob("*.yaml"))
+DEFAULTS = STAGE_DEFAULTS["ppo"]
 
 
-def test_there_are_ppo_recipes():
-    assert {"demo.yaml", "keyword.yaml"} <= {p.name for p in RECIPES}
+def test_there_are_ppo_and_grpo_recipes():
+    assert {"ppo/demo.yaml", "ppo/keyword.yaml", "grpo/arithmetic.yaml", "grpo/sentiment.yaml"} <= {
+        f"{p.parent.name}/{p.name}" for p in RECIPES
+    }
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_recipe_parses_into_the_stage_classes(recipe):
-    model, data, resume, config = parse_stage([str(recipe)], "ppo", CLASSES, DEFAULTS)
+    stage = recipe.parent.name
+    model, data, resume, _, config = parse_stage([str(recipe)], stage, CLASSES, STAGE_DEFAULTS[stage])
     assert model.method == "qlora" and model.load_in_4bit
     assert Path(ROOT / data.dataset_path).is_file()
-    assert (config.reward_model is None) != (config.reward_function is None)
+    assert sum((config.reward_model is not None, config.reward_function is not None, bool(config.rewards))) == 1
     assert config.batch_size % (config.num_mini_batches * config.gradient_accumulation_steps) == 0
-    assert config.output_dir.startswith("runs/ppo-")
+    assert config.batch_size % config.num_generations == 0
+    assert config.output_dir.startswith(f"runs/{stage}-")
+    assert (config.advantage_estimator == "gae") == (stage == "ppo") == config.critic
 
 
 def test_demo_recipe_rewards_the_classify_demo_positive_label():
-    _, _, _, config = parse_stage([str(ROOT / "recipes" / "ppo" / "demo.yaml")], "ppo", CLASSES, DEFAULTS)
+    *_, config = parse_stage([str(ROOT / "recipes" / "ppo" / "demo.yaml")], "ppo", CLASSES, DEFAULTS)
     classify = yaml.safe_load((ROOT / "recipes" / "classify" / "demo.yaml").read_text())
     assert config.reward_model == classify["output_dir"] and config.reward_label == "positive"
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_misspelt_key_in_a_ppo_recipe_names_the_closest_key(recipe, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(recipe.read_text().replace("kl_coef:", "kl_cof:"))

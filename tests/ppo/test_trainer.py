@@ -100,7 +100,8 @@ def test_reward_adapter_scores_like_the_reward_model(trainer, folders):
     prompts, responses = PROMPTS[:2], [" and I loved every minute of it.", " is a dull mess."]
     shared = trainer.reward.score(prompts, responses)
     separate = load_reward_model(folders / "rm", load_in_4bit=True)
-    assert (trainer.reward.mean, trainer.reward.std) == (0.5, 2.0)
+    source = trainer.reward.terms[0][1]
+    assert (source.mean, source.std) == (0.5, 2.0)
     torch.testing.assert_close(torch.tensor(shared), torch.tensor(separate.score(prompts, responses)), atol=1e-3, rtol=0)
     assert abs(shared[0] - shared[1]) > 1e-3  # the head reads the responses, not a constant
     del separate

@@ -11,7 +11,7 @@ import torch
 
 from alignment.models import read_meta
 from alignment.ppo.core import response_mask
-from alignment.ppo.rewards import keyword
+from alignment.reward_functions import keyword
 from alignment.ppo.trainer import PPOTrainer
 
 TRAIN_PROMPTS = [

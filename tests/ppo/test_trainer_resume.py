@@ -17,7 +17,7 @@ from alignment.training import last_complete_checkpoint
 PROMPTS = ["I watched this film last weekend and", "The director's new thriller", "Honestly, the soundtrack", "The plot"]
 
 
-def _run_keys(tmp_path: Path, name: str) -> list[str]:
+def _run_keys(tmp_path: Path, name: str, extra: tuple[str, ...] = ()) -> list[str]:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     return [
@@ -25,12 +25,21 @@ def _run_keys(tmp_path: Path, name: str) -> list[str]:
         "--dataset_path", str(prompts), "--use_chat_template", "false", "--use_cpu", "true", "--bf16", "false",
         "--reward_function", "length", "--batch_size", "2", "--num_mini_batches", "1", "--ppo_epochs", "1",
         "--total_steps", "3", "--save_steps", "1", "--save_total_limit", "2", "--response_length", "6",
-        "--learning_rate", "1e-3", "--output_dir", str(tmp_path / name),
+        "--learning_rate", "1e-3", "--output_dir", str(tmp_path / name), *extra,
     ]
 
 
-def test_run_killed_while_saving_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
-    assert main(_run_keys(tmp_path, "straight")) == 0
+ESTIMATORS = {
+    "gae": (),
+    # critic-free, 2 prompts x 2 answers per step: a resumed run must rebuild the same groups for the steps it redoes
+    "grpo": ("--advantage_estimator", "grpo", "--num_generations", "2", "--batch_size", "4"),
+}
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_run_killed_while_saving_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, estimator):
+    extra = ESTIMATORS[estimator]
+    assert main(_run_keys(tmp_path, "straight", extra)) == 0
 
     real_write_json = trainer_module.write_json
 
@@ -41,13 +50,13 @@ def test_run_killed_while_saving_resumes_to_the_uninterrupted_result(tmp_path, m
 
     monkeypatch.setattr(trainer_module, "write_json", killed_while_saving_step_3)
     with pytest.raises(KeyboardInterrupt):
-        main(_run_keys(tmp_path, "killed"))
+        main(_run_keys(tmp_path, "killed", extra))
     killed = tmp_path / "killed"
     assert (killed / ".tmp-checkpoint-3").is_dir() and not (killed / "checkpoint-3").exists()
     assert last_complete_checkpoint(killed) == str(killed / "checkpoint-2")
     monkeypatch.setattr(trainer_module, "write_json", real_write_json)
 
-    assert main(_run_keys(tmp_path, "killed")) == 0  # the same command again
+    assert main(_run_keys(tmp_path, "killed", extra)) == 0  # the same command again
     assert sorted(p.name for p in killed.iterdir() if "checkpoint" in p.name) == ["checkpoint-2", "checkpoint-3"]
     assert json.loads((killed / "checkpoint-3" / "trainer_state.json").read_text())["step"] == 3
     rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]

@@ -12,7 +12,9 @@ import pytest
 from alignment.errors import RecipeError
 from alignment.ppo.__main__ import main
 from alignment.ppo.args import PPOConfig
-from alignment.ppo.rewards import function_reward, keyword, length, load_reward_source
+from alignment.ppo.rewards import load_reward
+from alignment.reward_functions import keyword, length
+from alignment.rewards import function_reward
 
 
 def test_builtin_length_and_keyword_rewards():
@@ -38,10 +40,10 @@ def test_imported_reward_function_gets_prompts_responses_and_kwargs(tmp_path, mo
 @pytest.mark.parametrize(
     "spec,kwargs,message",
     [
-        ("nonsense", {}, "expected 'module:function'"),
-        ("no_such_module_xyz:f", {}, "cannot import module 'no_such_module_xyz'"),
-        ("json:no_such_function", {}, "has no function 'no_such_function'"),
-        ("keyword", {"keyword": "typo"}, "cannot take \\(prompts, responses\\) with reward_kwargs"),
+        ("nonsense", {}, "expected a built-in reward function .* or 'module:function'"),
+        ("no_such_module_xyz:f", {}, "cannot be imported: No module named 'no_such_module_xyz'"),
+        ("json:no_such_function", {}, "cannot be imported: .*no attribute 'no_such_function'"),
+        ("keyword", {"keyword": "typo"}, "cannot take \\(prompts, responses\\) with kwargs"),
     ],
 )
 def test_bad_reward_function_names_what_is_wrong(spec, kwargs, message):
@@ -52,8 +54,8 @@ def test_bad_reward_function_names_what_is_wrong(spec, kwargs, message):
 def test_classifier_run_without_reward_label_is_refused(tmp_path):
     (tmp_path / "alignment_model.json").write_text(json.dumps({"kind": "seq_cls", "label_names": ["negative", "positive"]}))
     config = PPOConfig(reward_model=str(tmp_path))
-    with pytest.raises(RecipeError, match="is a classifier with labels \\['negative', 'positive'\\]: set reward_label"):
-        load_reward_source(config, actor_critic=None, policy_base=None, device="cpu")
+    with pytest.raises(RecipeError, match="is a classifier with labels \\['negative', 'positive'\\]: name the rewarded one"):
+        load_reward(config, actor_critic=None, policy_base=None, device="cpu")
 
 
 @pytest.mark.parametrize(

@@ -37,11 +37,11 @@ def stage_classes(stage: str) -> tuple[tuple[type, ...], dict[str, Any]]:
         return classify.CLASSES, classify.DEFAULTS
     if stage == "ppo":
         from alignment.ppo.args import PPOConfig
-        from alignment.ppo.trainer import DEFAULTS
+        from alignment.ppo.trainer import STAGE_DEFAULTS
         from alignment.training import ResumeArguments
 
         # PPO needs exactly one reward source; a base that names one lets random recipes reach the other checks.
-        return (ModelArguments, DataArguments, ResumeArguments, PPOConfig), {**DEFAULTS, "reward_function": "length"}
+        return (ModelArguments, DataArguments, ResumeArguments, PPOConfig), {**STAGE_DEFAULTS["ppo"], "reward_function": "length"}
     own = {
         "sft": (sft.SFTStageArguments, SFTConfig, sft.DEFAULTS),
         "rm": (rm.RMStageArguments, RewardConfig, rm.DEFAULTS),

@@ -12,7 +12,8 @@ import yaml
 
 from alignment.classify.metrics import classification_metrics
 from alignment.classify.stage import main as classify_main
-from alignment.predict import load_classifier, main as predict_main
+from alignment.predict import main as predict_main
+from alignment.rewards import load_classifier
 
 from helpers import ROOT, metrics, read_jsonl
 
