@@ -57,15 +57,17 @@ class EvaluateArguments:
             raise ValueError(f"bootstrap must be >= 1, got {self.bootstrap}")
 
 
-def check_arguments(args: EvaluateArguments, sampling: SamplingArguments) -> None:
-    """Every key a run needs, checked before any model loads."""
+def check_arguments(args: EvaluateArguments, sampling: SamplingArguments, extra_columns: list[str] = ()) -> None:
+    """Every key a run needs, checked before any model loads; a function judge that reads data columns (e.g.
+    exact_match's answer) needs them in ``extra_columns``."""
     if not args.policies or not args.reward:
         raise RecipeError("evaluate needs policies (the first is the baseline) and a reward")
     if sampling.num_return_sequences != 1:
         raise RecipeError("evaluate: set samples_per_prompt, not num_return_sequences")
-    check_reward_spec(args.reward, "reward")
-    if args.gold:
-        check_reward_spec(args.gold, "gold")
+    for key, spec in (("reward", args.reward), ("gold", args.gold)):
+        missing = [c for c in (check_reward_spec(spec, key) if spec else ()) if c not in extra_columns]
+        if missing:
+            raise RecipeError(f"{key}: '{spec}' reads the data column(s) {missing}: add them to extra_columns")
 
 
 def judge_stats(scores: dict[str, np.ndarray], baseline: str, indices: np.ndarray) -> dict[str, dict]:
@@ -86,13 +88,16 @@ def judge_stats(scores: dict[str, np.ndarray], baseline: str, indices: np.ndarra
     return out
 
 
-def evaluate_policies(prompts: list, args: EvaluateArguments, sampling: SamplingArguments) -> dict:
+def evaluate_policies(prompts: list, args: EvaluateArguments, sampling: SamplingArguments,
+                      columns: dict[str, list] | None = None) -> dict:
+    """``columns``: the prompts' extra data columns, handed to function judges that read them."""
     judges: dict[str, RewardFn] = {"proxy": resolve_reward(args.reward)}
     if args.gold:
         judges["gold"] = resolve_reward(args.gold)
     reference_path = args.reference or args.policies[0]
     n, k = len(prompts), args.samples_per_prompt
     flat_prompts = [p for p in prompts for _ in range(k)]
+    flat_columns = {c: [v for v in values for _ in range(k)] for c, values in (columns or {}).items()}
     answers: dict[str, list[dict]] = {}
     own_logp: dict[str, np.ndarray] = {}
     reference = None  # (model, tokenizer), kept when the reference is one of the policies
@@ -113,7 +118,7 @@ def evaluate_policies(prompts: list, args: EvaluateArguments, sampling: Sampling
     for policy in args.policies:
         texts = [a["text"] for a in answers[policy]]
         for name, judge in judges.items():
-            scores[name][policy] = np.asarray(judge(flat_prompts, texts), dtype=float).reshape(n, k)
+            scores[name][policy] = np.asarray(judge(flat_prompts, texts, **flat_columns), dtype=float).reshape(n, k)
         finished = [a["finished"] for a in answers[policy]]
         # the reference's own answers have KL 0 (their log-probs under it are own_logp)
         ref_logp = own_logp[policy] if policy == reference_path else response_logprobs(ref_model, ref_tok, flat_prompts, texts, args.use_chat_template, finished)
@@ -147,9 +152,10 @@ def main(argv: list[str]) -> None:
     args, data_args, sampling = parse_recipe(
         argv, (EvaluateArguments, DataArguments, SamplingArguments), check_paths=("dataset_path",)
     )
-    check_arguments(args, sampling)
-    prompts = list(load_data(data_args, "prompts").splits["train"]["prompt"])
-    report = evaluate_policies(prompts, args, sampling)
+    check_arguments(args, sampling, data_args.extra_columns)
+    rows = load_data(data_args, "prompts").splits["train"]
+    columns = {c: list(rows[c]) for c in data_args.extra_columns}
+    report = evaluate_policies(list(rows["prompt"]), args, sampling, columns)
     out = Path(args.output_dir or default_output_dir("evaluate"))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "evaluation.json", report)

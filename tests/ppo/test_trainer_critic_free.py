@@ -13,18 +13,17 @@ from alignment.grpo import main as grpo_main
 from alignment.ppo.modeling import VALUE
 from alignment.ppo.trainer import PPOTrainer
 
-from test_trainer_learning import HELD_OUT, TRAIN_PROMPTS
+from helpers import ROOT
+
+PROMPTS = ROOT / "data" / "prompts"
 
 
 def _recipe(tmp_path: Path, **keys) -> list[str]:
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in TRAIN_PROMPTS))
-    heldout = tmp_path / "heldout.jsonl"
-    heldout.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in HELD_OUT * 2))
     values = {
-        "model_name_or_path": "builtin:smollm2-135m-instruct", "method": "lora", "lora_r": 8, "dataset_path": str(prompts),
+        "model_name_or_path": "builtin:smollm2-135m-instruct", "method": "lora", "lora_r": 8,
+        "dataset_path": str(PROMPTS / "movie_reviews.jsonl"), "eval_max_prompts": 16,
         "use_chat_template": False, "use_cpu": True, "bf16": False, "reward_function": "keyword",
-        "reward_kwargs": {"keywords": ["the"]}, "response_length": 8, "eval_prompts": str(heldout), "save_steps": 100,
+        "reward_kwargs": {"keywords": ["the"]}, "response_length": 8, "eval_prompts": str(PROMPTS / "movie_reviews_validation.jsonl"), "save_steps": 100,
         "output_dir": str(tmp_path / "run"), **keys,
     }
     recipe = tmp_path / "recipe.yaml"
@@ -33,7 +32,7 @@ def _recipe(tmp_path: Path, **keys) -> list[str]:
 
 
 def test_grpo_raises_a_keyword_reward_on_held_out_prompts(tmp_path):
-    argv = _recipe(tmp_path, batch_size=16, num_mini_batches=2, total_steps=4, learning_rate=3e-3, eval_steps=4)
+    argv = _recipe(tmp_path, batch_size=16, num_mini_batches=2, ppo_epochs=2, total_steps=4, learning_rate=5e-3, eval_steps=4)
     assert grpo_main(argv) == 0
     run = tmp_path / "run"
     monitor = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]

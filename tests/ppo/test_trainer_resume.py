@@ -69,6 +69,9 @@ def test_run_killed_while_saving_resumes_to_the_uninterrupted_result(tmp_path, m
         torch.testing.assert_close(resumed[name], straight[name], atol=1e-6, rtol=0)
     value_resumed = load_file(killed / "checkpoint-3" / "value_state.safetensors")
     value_straight = load_file(tmp_path / "straight" / "checkpoint-3" / "value_state.safetensors")
-    assert any(not torch.equal(v, torch.zeros_like(v)) for v in value_straight.values())
+    if estimator == "gae":
+        assert any(not torch.equal(v, torch.zeros_like(v)) for v in value_straight.values())
+    else:  # a critic-free run trains no value function
+        assert value_straight == {}
     for name in value_straight:
         torch.testing.assert_close(value_resumed[name], value_straight[name], atol=1e-6, rtol=0)
