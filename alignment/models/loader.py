@@ -425,7 +425,8 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, dtype: str = 
 
 
 def merged_checkpoint(adapter_dir: str | Path) -> str:
-    """A cached merged copy of an adapter (keyed by the adapter's weights), used as the base for further training."""
+    """A cached merged copy of an adapter (keyed by the adapter's weights), used as the base for further training;
+    in the base checkpoint's own dtype (a bf16 7B base merges to ~14 GB, not to a ~28 GB fp32 copy)."""
     adapter_dir = Path(adapter_dir)
     weights = sorted(adapter_dir.glob("adapter_model.*"))
     if not weights:
@@ -437,7 +438,7 @@ def merged_checkpoint(adapter_dir: str | Path) -> str:
         if not (target / "config.json").is_file():
             tmp = Path(tempfile.mkdtemp(dir=target.parent))
             try:
-                merge_adapter(adapter_dir, tmp)
+                merge_adapter(adapter_dir, tmp, dtype="auto")
                 tmp.rename(target)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

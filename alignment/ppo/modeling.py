@@ -86,6 +86,17 @@ class ActorCritic(nn.Module):
         finally:
             self.use_adapter(POLICY)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the base's activations in the backward pass. transformers checkpoints only in training mode, so
+        every dropout (LoRA's, attention's, the blocks') is zeroed first: in training mode the policy is then the same
+        function as in the rollouts."""
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+            if isinstance(getattr(module, "attention_dropout", None), float):
+                module.attention_dropout = 0.0
+        self._base().activation_checkpointing_enable({"use_reentrant": False})
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for name, p in self.named_parameters() if name in self.trainable_names]
 

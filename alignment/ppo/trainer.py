@@ -190,6 +190,8 @@ class PPOTrainer:
         reference = model_args.model_name_or_path if is_adapter(model_args.model_name_or_path) else None
         actor_critic = ActorCritic(policy, config.value_model, peft_config(model_args, "causal", []), reference)
         actor_critic.eval()  # dropout off for good: rollouts and updates must see the same policy
+        if config.gradient_checkpointing:
+            actor_critic.enable_gradient_checkpointing()  # updates then run in training mode, dropout zeroed
         self.reward: WeightedReward = load_reward(config, actor_critic, getattr(policy, "alignment_base_model", None), accelerator.device)
         self.columns = [c for c in prompts[0] if c != "prompt"]
         optimizer = torch.optim.AdamW(
@@ -511,9 +513,18 @@ class PPOTrainer:
     # -------------------------------------------------------------------------------------------------- update
     def update(self, rollout: Rollout) -> dict[str, float]:
         """``ppo_epochs`` passes of clipped policy (+ value) updates over shuffled mini-batches."""
-        cfg, acc = self.config, self.accelerator
+        cfg = self.config
         stats: dict[str, list[torch.Tensor]] = {}
         order_rng = torch.Generator().manual_seed(cfg.seed + self.step)
+        self.actor_critic.train(cfg.gradient_checkpointing)  # transformers checkpoints only in training mode
+        try:
+            self.update_epochs(rollout, order_rng, stats)
+        finally:
+            self.actor_critic.eval()
+        return {name: torch.stack(values).mean().item() for name, values in stats.items()}
+
+    def update_epochs(self, rollout: Rollout, order_rng: torch.Generator, stats: dict[str, list[torch.Tensor]]) -> None:
+        cfg, acc = self.config, self.accelerator
         for _ in range(cfg.ppo_epochs):
             for mini in torch.randperm(cfg.batch_size, generator=order_rng).split(cfg.mini_batch_size):
                 for micro in mini.split(cfg.micro_batch_size):
@@ -527,7 +538,6 @@ class PPOTrainer:
                         self.optimizer.zero_grad()
                     for name, value in step_stats.items():
                         stats.setdefault(name, []).append(torch.as_tensor(value, dtype=torch.float32).detach().cpu())
-        return {name: torch.stack(values).mean().item() for name, values in stats.items()}
 
     def micro_step(self, rollout: Rollout, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss of one micro-batch, backpropagated: clipped surrogate (aggregated as ``loss_aggregation``),

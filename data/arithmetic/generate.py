@@ -12,7 +12,7 @@ from pathlib import Path
 
 NAMES = ["Ana", "Ben", "Chloe", "Dev", "Elif", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kemal", "Lena"]
 ITEMS = ["apples", "pencils", "marbles", "stickers", "books", "coins", "shells", "cards"]
-SPLITS = {"train": 160, "validation": 30, "test": 60}
+SPLITS = {"train": 130, "validation": 30, "test": 50}
 SUFFIX = " Answer with the number only."
 
 
@@ -27,7 +27,7 @@ def problem(rng: random.Random, op: str, a: int, b: int) -> dict:
 
 def main() -> None:
     rng = random.Random(0)
-    pairs = [("+", a, b) for a in range(1, 16) for b in range(1, 16)] + [("-", a, b) for a in range(2, 21) for b in range(1, a)]
+    pairs = [("+", a, b) for a in range(1, 13) for b in range(1, 13)] + [("-", a, b) for a in range(2, 13) for b in range(1, a)]
     rng.shuffle(pairs)
     start = 0
     for split, count in SPLITS.items():

@@ -160,3 +160,25 @@ def test_4bit_layers_compute_alike_in_eval_and_training(tmp_path):
     layers = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
     assert layers and not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
     torch.testing.assert_close(evaluated, trained, rtol=0, atol=1e-5)
+
+
+def test_an_adapter_merges_into_a_copy_of_its_base_in_the_bases_own_dtype(tmp_path, tiny_llama_dir, monkeypatch):
+    """DPO and PPO start from an SFT adapter merged into its base: a bf16 base must not become an fp32 copy (twice
+    the disk and memory; ~28 GB at 7B)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from alignment.models.loader import merged_checkpoint
+
+    monkeypatch.setenv("ALIGNMENT_CACHE", str(tmp_path / "cache"))  # a fresh merge, not a cached one
+    base = tmp_path / "bf16-base"
+    AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16).save_pretrained(base)
+    load_tokenizer(tiny_llama_dir).save_pretrained(base)
+    tok = load_tokenizer(str(base))
+    sft = load_model(ModelArguments(model_name_or_path=str(base), method="lora", lora_r=4, dtype="bfloat16"), "causal", tok)
+    torch.manual_seed(3)
+    _perturb_adapter(sft)
+    save_model(sft, tok, tmp_path / "sft", kind="causal", stage="sft")
+    merged = Path(merged_checkpoint(tmp_path / "sft"))
+    weights = load_file(next(merged.glob("*.safetensors")))
+    assert {w.dtype for w in weights.values()} == {torch.bfloat16}

@@ -86,7 +86,7 @@ def test_bad_reward_entries_name_the_entry(entries, message):
 def test_extra_columns_are_kept_beside_the_prompt(tmp_path):
     data = load_data(DataArguments(dataset_path=str(ROOT / "data" / "arithmetic" / "train.jsonl"), extra_columns=["answer"]), "prompts")
     rows = data.splits["train"].to_list()
-    assert len(rows) == 160 and set(rows[0]) == {"prompt", "answer"}
+    assert len(rows) == 130 and set(rows[0]) == {"prompt", "answer"}
     assert all(r["prompt"].endswith("Answer with the number only.") and r["answer"].lstrip("-").isdigit() for r in rows)
     missing = tmp_path / "p.jsonl"
     missing.write_text(json.dumps({"prompt": "What is 1 + 1?"}) + "\n")

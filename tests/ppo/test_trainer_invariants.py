@@ -100,3 +100,38 @@ def test_two_accumulated_micro_batches_make_the_gradient_of_one(tiny_llama_dir, 
     for name in gradients[0]:
         torch.testing.assert_close(gradients[1][name], gradients[0][name], atol=1e-6, rtol=1e-3)
     assert any(g.abs().max() > 0 for g in gradients[0].values())
+
+
+def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(tiny_llama_dir, tmp_path):
+    gradients, layer_calls = [], []
+    for checkpointing in ("false", "true"):
+        trainer = make_trainer(tiny_llama_dir, tmp_path, f"gc-{checkpointing}", gradient_checkpointing=checkpointing,
+                               max_grad_norm=1e6, value_model="adapter")
+        perturb_policy(trainer)
+        torch.manual_seed(0)
+        rollout, _ = trainer.rollout(PROMPTS)
+        calls = []
+        mlp = trainer.actor_critic.model.get_base_model().model.layers[0].mlp  # runs inside the checkpointed block
+        mlp_forward = mlp.forward  # counted by wrapping: module hooks do not fire in the backward's recompute
+
+        def counted(*args, **kwargs):
+            calls.append(1)
+            return mlp_forward(*args, **kwargs)
+
+        mlp.forward = counted
+        seen = []
+        inner = trainer.optimizer.optimizer
+        real_step = inner.step
+
+        def recording_step(*args, **kwargs):
+            seen.append({n: p.grad.detach().clone() for n, p in trainer.actor_critic.named_parameters() if p.grad is not None})
+            return real_step(*args, **kwargs)
+
+        inner.step = recording_step
+        trainer.update(rollout)
+        assert not trainer.actor_critic.training  # rollouts after the update sample in eval mode again
+        gradients.append(seen[0])
+        layer_calls.append(len(calls))
+    assert layer_calls[1] > layer_calls[0]  # the checkpointed blocks ran again in the backward pass
+    for name in gradients[0]:
+        torch.testing.assert_close(gradients[1][name], gradients[0][name], atol=1e-6, rtol=1e-4)
