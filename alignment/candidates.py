@@ -50,14 +50,14 @@ def sample_into_store(store: AnnotationStore, prompts: list, policies: list[str]
     return len(total)
 
 
-@stage_main
+CLASSES = (CandidateArguments, DataArguments, SamplingArguments)
+DEFAULTS = {"num_return_sequences": 4, "temperature": 0.9}
+
+
+@stage_main(keys=lambda: (CLASSES, DEFAULTS))
 def main(argv: list[str]) -> None:
     """usage: python -m alignment.candidates RECIPE.yaml [--key value ...]"""
-    args, data_args, sampling = parse_recipe(
-        argv, (CandidateArguments, DataArguments, SamplingArguments),
-        defaults={"num_return_sequences": 4, "temperature": 0.9},
-        check_paths=("dataset_path",),
-    )
+    args, data_args, sampling = parse_recipe(argv, CLASSES, defaults=DEFAULTS, check_paths=("dataset_path",))
     prompts = list(load_data(data_args, "prompts").splits["train"]["prompt"])
     store = AnnotationStore(args.db)
     n = sample_into_store(store, prompts, args.policies, sampling)

@@ -35,7 +35,7 @@ def chat_loop(model, tokenizer, sampling: SamplingArguments, stdin=sys.stdin, st
         stdout.write(f"model> {reply}\n")
 
 
-@stage_main
+@stage_main(keys=lambda: ((SamplingArguments,), {}))
 def main(argv: list[str]) -> None:
     """usage: python -m alignment.chat MODEL [--max_new_tokens N] [--temperature T]"""
     if not argv or argv[0].startswith("--"):

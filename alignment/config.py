@@ -176,6 +176,33 @@ def _field_choices(cls: type) -> dict[str, list]:
     return {f.name: list(f.metadata["choices"]) for f in dataclasses.fields(cls) if f.init and "choices" in f.metadata}
 
 
+def describe_keys(classes: tuple[type, ...], defaults: dict[str, Any] | None = None) -> str:
+    """Every recipe key of ``classes``, grouped by class (first docstring line as the heading), each with its type,
+    default (``defaults`` win over the field's own) and help: what a stage's ``--help`` prints."""
+    defaults, seen, lines = defaults or {}, set(), []
+    for cls in classes:
+        hints = _field_hints(cls)
+        title = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        lines.append(f"\n{cls.__name__}: {title}" if title else f"\n{cls.__name__}:")
+        for f in dataclasses.fields(cls):
+            if not f.init or f.name in seen or f.name.startswith("_"):
+                continue
+            seen.add(f.name)
+            if f.name in defaults:
+                default = defaults[f.name]
+            elif f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = "(required)"
+            choices = f" {{{', '.join(map(str, f.metadata['choices']))}}}" if "choices" in f.metadata else ""
+            lines.append(f"  --{f.name}: {_describe(hints[f.name])}{choices}; default {_shown(default, 80)}")
+            if f.metadata.get("help"):
+                lines.append(f"      {' '.join(str(f.metadata['help']).split())}")
+    return "\n".join(lines).lstrip("\n")
+
+
 def _suggest(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""

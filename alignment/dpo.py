@@ -29,6 +29,7 @@ from alignment.training import (
     final_metrics,
     parse_stage,
     resume_from,
+    stage_keys,
     score_labelled_positions_only,
     write_results,
 )
@@ -71,12 +72,13 @@ class PlainMetricNames(TrainerCallback):
         state.log_history[-1].update(plain)
 
 
-@stage_main
+CLASSES = (ModelArguments, DataArguments, DPOStageArguments, MonitorArguments, DPOConfig)
+
+
+@stage_main(keys=stage_keys("dpo", CLASSES, DEFAULTS))
 def main(argv: list[str]) -> None:
     """usage: python -m alignment.dpo RECIPE.yaml [--key value ...]"""
-    model_args, data_args, stage_args, monitor_args, config = parse_stage(
-        argv, "dpo", (ModelArguments, DataArguments, DPOStageArguments, MonitorArguments, DPOConfig), DEFAULTS
-    )
+    model_args, data_args, stage_args, monitor_args, config = parse_stage(argv, "dpo", CLASSES, DEFAULTS)
     data = load_data(data_args, "preference")
     splits = {k: v.remove_columns([c for c in v.column_names if c == "margin"]) for k, v in data.splits.items()}
     run_dir = begin(config, model_args, data_args, stage_args, monitor_args)

@@ -146,7 +146,7 @@ def evaluate_policies(prompts: list, args: EvaluateArguments, sampling: Sampling
     }
 
 
-@stage_main
+@stage_main(keys=lambda: ((EvaluateArguments, DataArguments, SamplingArguments), {}))
 def main(argv: list[str]) -> None:
     """usage: python -m alignment.evaluate [RECIPE.yaml] --policies '[A, B]' --reward SPEC [--gold SPEC] --dataset_path prompts.jsonl"""
     args, data_args, sampling = parse_recipe(

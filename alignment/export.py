@@ -21,7 +21,7 @@ class ExportArguments:
     dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={"help": "Merged weights' dtype."})
 
 
-@stage_main
+@stage_main(keys=lambda: ((ExportArguments,), {}))
 def main(argv: list[str]) -> None:
     """usage: python -m alignment.export RUN_DIR OUT_DIR [--dtype float32|bfloat16|float16]"""
     if len(argv) < 2 or argv[0].startswith("--") or argv[1].startswith("--"):

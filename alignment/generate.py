@@ -32,7 +32,7 @@ def read_prompts(path: str, prompt_column: str = "prompt", max_prompts: int | No
     return list(data.splits["train"]["prompt"])
 
 
-@stage_main
+@stage_main(keys=lambda: ((GenerateArguments, SamplingArguments), {}))
 def main(argv: list[str]) -> None:
     """usage: python -m alignment.generate MODEL --file prompts.jsonl [--out out.jsonl] [--max_new_tokens N] ..."""
     if not argv or argv[0].startswith("--"):

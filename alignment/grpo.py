@@ -8,11 +8,12 @@ See alignment/ppo/README.md for the estimators.
 
 from __future__ import annotations
 
-from alignment.ppo.trainer import PPOTrainer
+from alignment.ppo.trainer import CLASSES, STAGE_DEFAULTS, PPOTrainer
 from alignment.run import stage_main
+from alignment.training import stage_keys
 
 
-@stage_main
+@stage_main(keys=stage_keys("grpo", CLASSES, STAGE_DEFAULTS["grpo"]))
 def main(argv: list[str]) -> None:
     """usage: python -m alignment.grpo RECIPE.yaml [--key value ...]   (the PPO stage with GRPO defaults)"""
     trainer = PPOTrainer.from_recipe(argv, stage="grpo")

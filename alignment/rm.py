@@ -30,6 +30,7 @@ from alignment.training import (
     final_metrics,
     parse_stage,
     resume_from,
+    stage_keys,
     write_results,
 )
 
@@ -80,12 +81,13 @@ def reward_stats(model, tokenizer, encoded, n: int, batch_size: int) -> dict[str
     return {"mean": float(rewards.mean()), "std": float(rewards.std() + 1e-8), "n": int(rewards.size)}
 
 
-@stage_main
+CLASSES = (ModelArguments, DataArguments, RMStageArguments, RewardConfig)
+
+
+@stage_main(keys=stage_keys("rm", CLASSES, DEFAULTS))
 def main(argv: list[str]) -> None:
     """usage: python -m alignment.rm RECIPE.yaml [--key value ...]"""
-    model_args, data_args, stage_args, config = parse_stage(
-        argv, "rm", (ModelArguments, DataArguments, RMStageArguments, RewardConfig), DEFAULTS
-    )
+    model_args, data_args, stage_args, config = parse_stage(argv, "rm", CLASSES, DEFAULTS)
     if stage_args.prompt_turns is not None and stage_args.prompt_turns < 0:
         raise RecipeError(f"key 'prompt_turns': expected a count of final turns >= 0 (0 drops the prompt), got {stage_args.prompt_turns}")
     data = load_data(data_args, "preference")

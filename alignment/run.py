@@ -187,8 +187,14 @@ def silence_expected_noise() -> None:
         warnings.filterwarnings("ignore", message=message, category=FutureWarning)
 
 
-def stage_main(fn: Callable[[list[str]], Any]) -> Callable[[list[str] | None], int]:
-    """Wrap a stage's ``main(argv)``: log set-up, clear one-line errors, exit status 2 on bad input."""
+def stage_main(
+    fn: Callable[[list[str]], Any] | None = None, *, keys: Callable[[], tuple[tuple[type, ...], dict[str, Any]]] | None = None
+):
+    """Wrap a stage's ``main(argv)``: log set-up, clear one-line errors, exit status 2 on bad input. ``--help``
+    prints the usage line (the docstring) and, with ``keys`` (returning the recipe classes and the stage's
+    defaults), every recipe key with its type, default and help."""
+    if fn is None:
+        return functools.partial(stage_main, keys=keys)
 
     @functools.wraps(fn)
     def wrapper(argv: list[str] | None = None) -> int:
@@ -196,6 +202,10 @@ def stage_main(fn: Callable[[list[str]], Any]) -> Callable[[list[str] | None], i
         argv = sys.argv[1:] if argv is None else argv
         if argv and argv[0] in ("-h", "--help"):
             print(fn.__doc__ or "")
+            if keys is not None:
+                from alignment.config import describe_keys
+
+                print("Recipe keys (YAML, or --key value flags, which win):\n" + describe_keys(*keys()))
             return 0
         try:
             fn(argv)

@@ -40,7 +40,7 @@ def score_file(rm, args: ScoreArguments, data_args: DataArguments) -> tuple[list
     return scored, preference_metrics(chosen, rejected, margins)
 
 
-@stage_main
+@stage_main(keys=lambda: ((ScoreArguments, DataArguments), {}))
 def main(argv: list[str]) -> None:
     """usage: python -m alignment.score RUN_DIR --file pairs.jsonl [--out scored.jsonl] [--normalize]"""
     if not argv or argv[0].startswith("--"):

@@ -30,6 +30,7 @@ from alignment.training import (
     final_metrics,
     parse_stage,
     resume_from,
+    stage_keys,
     score_labelled_positions_only,
     write_results,
 )
@@ -102,12 +103,13 @@ def prompt_of(row: dict):
     return row["text"][: len(row["text"]) // 2]
 
 
-@stage_main
+CLASSES = (ModelArguments, DataArguments, SFTStageArguments, SFTConfig)
+
+
+@stage_main(keys=stage_keys("sft", CLASSES, DEFAULTS))
 def main(argv: list[str]) -> None:
     """usage: python -m alignment.sft RECIPE.yaml [--key value ...]"""
-    model_args, data_args, stage_args, config = parse_stage(
-        argv, "sft", (ModelArguments, DataArguments, SFTStageArguments, SFTConfig), DEFAULTS
-    )
+    model_args, data_args, stage_args, config = parse_stage(argv, "sft", CLASSES, DEFAULTS)
     data = load_data(data_args, "sft")
     train, evaluation = data.splits["train"], data.splits.get("validation")
     if evaluation is None and config.eval_strategy != "no":

@@ -88,7 +88,7 @@ def simulate(store: AnnotationStore, oracle: RewardFn, args: SimulationArguments
     return made
 
 
-@stage_main
+@stage_main(keys=lambda: ((SimulationArguments,), {}))
 def main(argv: list[str]) -> None:
     """usage: python -m alignment.simulate [RECIPE.yaml] --db annotations.db --oracle SPEC [--raters 3 --noise 0.1]"""
     (args,) = parse_recipe(argv, (SimulationArguments,))

@@ -123,12 +123,22 @@ class WeightAveragingArguments:
         return [WeightAverage(self.ema_decay)] if self.weight_averaging == "ema" else []
 
 
+def stage_defaults(stage: str, classes: tuple[type, ...], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a stage's recipe starts from: device defaults < the stage's own; ``output_dir`` runs/<stage>-<timestamp>."""
+    merged = {**device_defaults(), "output_dir": default_output_dir(stage), **(defaults or {})}
+    names = {f for c in classes for f in c.__dataclass_fields__}
+    return {k: v for k, v in merged.items() if k in names}
+
+
+def stage_keys(stage: str, classes: tuple[type, ...], defaults: dict[str, Any] | None = None):
+    """For ``stage_main(keys=...)``: the classes and effective defaults ``--help`` lists."""
+    return lambda: (classes, stage_defaults(stage, classes, defaults))
+
+
 def parse_stage(argv: list[str], stage: str, classes: tuple[type, ...], defaults: dict[str, Any] | None = None):
     """Parse a stage recipe: device defaults < stage defaults < YAML < flags. ``output_dir`` defaults to
     ``runs/<stage>-<timestamp>``."""
-    merged = {**device_defaults(), "output_dir": default_output_dir(stage), **(defaults or {})}
-    names = {f for c in classes for f in c.__dataclass_fields__}
-    merged = {k: v for k, v in merged.items() if k in names}
+    merged = stage_defaults(stage, classes, defaults)
     parsed = parse_recipe(argv, classes, defaults=merged, check_paths=("dataset_path", "validation_path", "test_path"))
     # ``label_names`` is the data layer's class names; transformers' TrainingArguments has a field of that name for
     # the *input keys* holding labels, which, if set to class names, silently drops every eval loss and metric.

@@ -1,12 +1,12 @@
 """Critic-free online RL on identical work: our trainer (grpo, rloo, and gae PPO) against trl 1.16's GRPOTrainer and
 RLOOTrainer.
 
-    nice -n 19 .venv/bin/python bench/online_rl.py [--updates 6] [--variants ours-grpo,trl-grpo,...] [--json FILE]
+    nice -n 19 .venv/bin/python bench/online_rl.py [--updates 8] [--variants ours-grpo,trl-grpo,...] [--json FILE]
 
 Every variant runs in its own process on the same work: SmolLM2-135M-Instruct with QLoRA (NF4 base, LoRA r 16 on
 q/k/v/o), the movie-review openings of data/prompts/movie_reviews.jsonl in the same order, 8 prompts x 4 completions
 of at most 24 tokens per update at temperature 0.7, the same reward (the built-in ``keyword`` function counting
-praise words, as recipes/ppo/keyword.yaml), learning rate 1e-3 (constant), KL coefficient 0.04, and one optimizer
+praise words, as recipes/ppo/keyword.yaml), learning rate 2e-3 (constant, as that recipe), KL coefficient 0.04, and one optimizer
 step per update on all 32 completions. Variants:
 
 * ``ours-grpo``, ``ours-rloo``: ``alignment.ppo.PPOTrainer`` with ``advantage_estimator`` grpo / rloo (no value
@@ -18,7 +18,7 @@ step per update on all 32 completions. Variants:
   memory, ~30% slower), dropout off.
 
 Per variant: completions/s and wall time per update (the training loop only, loading and evaluation excluded), peak
-RSS of the process (ru_maxrss, loading included), and on 40 held-out openings (data/prompts/movie_reviews_heldout.jsonl)
+RSS of the process (ru_maxrss, loading included), and on 32 held-out openings (data/prompts/movie_reviews_heldout.jsonl)
 before and after training the mean reward and the KL to the start policy (summed log-ratio of the sampled tokens,
 reference = adapter disabled), with one sampler and seed for every variant (alignment.generation). Prints the figures
 and ratios against trl-grpo; writes them, with the CPU's model name and flags, to ``--json``.
@@ -44,8 +44,8 @@ HELDOUT = ROOT / "data" / "prompts" / "movie_reviews_heldout.jsonl"
 KEYWORDS = ["great", "good", "best", "love", "loved", "enjoyed", "amazing", "wonderful", "brilliant", "fantastic",
             "beautiful", "perfect", "excellent"]
 VARIANTS = ("ours-grpo", "ours-rloo", "ours-gae", "trl-grpo", "trl-rloo", "trl-grpo-cpu")
-WORK = {"prompts_per_update": 8, "generations": 4, "response_length": 24, "temperature": 0.7, "learning_rate": 1e-3,
-        "kl_coef": 0.04, "lora_r": 16, "heldout_prompts": 40, "seed": 42}
+WORK = {"prompts_per_update": 8, "generations": 4, "response_length": 24, "temperature": 0.7, "learning_rate": 2e-3,
+        "kl_coef": 0.04, "lora_r": 16, "heldout_prompts": 32, "seed": 42}
 
 
 def cpu_description() -> dict:
@@ -174,7 +174,7 @@ def worker(variant: str, updates: int, out: Path) -> None:
 # --------------------------------------------------------------------------------------------- driver
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--updates", type=int, default=6)
+    parser.add_argument("--updates", type=int, default=8)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench-online-rl"))

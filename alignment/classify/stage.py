@@ -30,7 +30,7 @@ from alignment.errors import RecipeError
 from alignment.models import ModelArguments, load_model, load_tokenizer, save_model
 from alignment.rewards import prediction_rows
 from alignment.run import stage_main, write_jsonl
-from alignment.training import NonFiniteLossGuard, begin, parse_stage, resume_from, write_results
+from alignment.training import NonFiniteLossGuard, begin, parse_stage, resume_from, stage_keys, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def training_summary(trainer: ClassifierTrainer, output) -> dict[str, Any]:
     }
 
 
-@stage_main
+@stage_main(keys=stage_keys("classify", CLASSES, DEFAULTS))
 def main(argv: list[str]) -> None:
     """usage: python -m alignment.classify RECIPE.yaml [--key value ...]"""
     model_args, data_args, args, config = parse(argv)

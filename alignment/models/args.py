@@ -41,6 +41,10 @@ class ModelArguments(ModelConfig):
         metadata={"help": "Classifier/reward-model input: auto, model (the architecture's: BERT [CLS], LMs last token) "
                   "or mean (masked mean, as sentence-transformers encoders are pretrained). See alignment/models/pooling.py."},
     )
+    bnb_4bit_compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+        default="auto",
+        metadata={"help": "Compute dtype of 4-bit layers: auto is bfloat16 on a GPU that does bf16, else the model's dtype."},
+    )
     num_virtual_tokens: int = field(default=16, metadata={"help": "Virtual tokens for prompt/prefix/p-tuning."})
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Defaults to the model's."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})

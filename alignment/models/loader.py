@@ -111,11 +111,15 @@ def quantization_config(args: ModelArguments):
     from transformers import BitsAndBytesConfig
 
     if args.load_in_4bit:
-        compute = torch_dtype(args.dtype)
+        compute = torch_dtype(args.bnb_4bit_compute_dtype)
+        if compute == "auto":  # bf16 where a GPU does it natively; on CPU the trainers' bf16 autocast covers it
+            bf16_gpu = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            compute = torch.bfloat16 if bf16_gpu else torch_dtype(args.dtype)
+            compute = torch.float32 if compute == "auto" else compute
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=args.bnb_4bit_quant_type,
-            bnb_4bit_compute_dtype=torch.float32 if compute == "auto" else compute,
+            bnb_4bit_compute_dtype=compute,
             bnb_4bit_use_double_quant=args.use_bnb_nested_quant,
             bnb_4bit_quant_storage=args.bnb_4bit_quant_storage or "uint8",
         )

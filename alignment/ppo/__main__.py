@@ -7,11 +7,12 @@ complete checkpoint; the final adapter is saved in the run folder (export it wit
 
 from __future__ import annotations
 
-from alignment.ppo.trainer import PPOTrainer
+from alignment.ppo.trainer import CLASSES, STAGE_DEFAULTS, PPOTrainer
 from alignment.run import stage_main
+from alignment.training import stage_keys
 
 
-@stage_main
+@stage_main(keys=stage_keys("ppo", CLASSES, STAGE_DEFAULTS["ppo"]))
 def main(argv: list[str]) -> None:
     """usage: python -m alignment.ppo RECIPE.yaml [--key value ...]"""
     trainer = PPOTrainer.from_recipe(argv)

@@ -3,7 +3,7 @@ updates, logging and checkpoints.
 
 The math lives in :mod:`alignment.ppo.core`; the single-base model (policy, reference, value, reward adapters) in
 :mod:`alignment.ppo.modeling`; the reward in :mod:`alignment.ppo.rewards`. ``accelerate`` places the model and
-runs the same code on one or many processes (each process rolls out ``batch_size`` prompts of its own).
+runs the same code on one or many processes (each process rolls out ``batch_size`` responses to prompts of its own).
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from alignment.ppo.core import (
     compute_gae,
     discounted_returns,
     entropy_from_logits,
+    explained_variance,
     group_advantages,
     kl_penalty,
-    explained_variance,
     logprobs_from_logits,
     masked_mean,
     masked_whiten,
@@ -69,6 +69,7 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "grpo": {"method": "qlora", "advantage_estimator": "grpo", "num_generations": 4, "ppo_epochs": 1,
              "num_mini_batches": 1, "kl_coef": 0.04},
 }
+CLASSES = (ModelArguments, DataArguments, ResumeArguments, MonitorArguments, PPOConfig)
 PPO_METHODS = ("lora", "qlora")
 CHECKPOINT_PREFIX = "checkpoint-"
 TEMP_PREFIX = ".tmp-checkpoint-"
@@ -181,7 +182,8 @@ class PPOTrainer:
         check_method(model_args)
         if not prompts:
             raise RecipeError("PPO needs at least one prompt in the training data")
-        self.config, self.model_args, self.prompts = config, model_args, prompts
+        self.prompts = [p if isinstance(p, dict) else {"prompt": p} for p in prompts]  # {prompt, *extra_columns}
+        self.config, self.model_args = config, model_args
         self.accelerator, self.run_dir, self.resume = accelerator, run_dir, resume
         set_seed(config.seed, device_specific=True)
         self.tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path, padding_side="left")
@@ -193,7 +195,7 @@ class PPOTrainer:
         if config.gradient_checkpointing:
             actor_critic.enable_gradient_checkpointing()  # updates then run in training mode, dropout zeroed
         self.reward: WeightedReward = load_reward(config, actor_critic, getattr(policy, "alignment_base_model", None), accelerator.device)
-        self.columns = [c for c in prompts[0] if c != "prompt"]
+        self.columns = [c for c in self.prompts[0] if c != "prompt"]
         optimizer = torch.optim.AdamW(
             actor_critic.trainable_parameters(), lr=config.learning_rate, eps=config.adam_epsilon, weight_decay=config.weight_decay
         )
@@ -217,9 +219,7 @@ class PPOTrainer:
     def from_recipe(cls, argv: list[str], stage: str = "ppo") -> PPOTrainer:
         """Parse the recipe (under ``stage``'s defaults), load the prompts, create the run folder and trackers, load
         the models."""
-        model_args, data_args, resume_args, monitor_args, config = parse_stage(
-            argv, stage, (ModelArguments, DataArguments, ResumeArguments, MonitorArguments, PPOConfig), STAGE_DEFAULTS[stage]
-        )
+        model_args, data_args, resume_args, monitor_args, config = parse_stage(argv, stage, CLASSES, STAGE_DEFAULTS[stage])
         check_method(model_args)  # before the Accelerator: its precision is fixed once per process
         check_rewards(config, data_args)
         data = load_data(data_args, "prompts")

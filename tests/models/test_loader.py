@@ -182,3 +182,15 @@ def test_an_adapter_merges_into_a_copy_of_its_base_in_the_bases_own_dtype(tmp_pa
     merged = Path(merged_checkpoint(tmp_path / "sft"))
     weights = load_file(next(merged.glob("*.safetensors")))
     assert {w.dtype for w in weights.values()} == {torch.bfloat16}
+
+
+def test_4bit_compute_dtype_is_bf16_on_a_bf16_gpu_and_fp32_on_cpu(monkeypatch):
+    from alignment.models.loader import quantization_config
+
+    args = ModelArguments(model_name_or_path="builtin:smollm2-135m-instruct", method="qlora")
+    assert quantization_config(args).bnb_4bit_compute_dtype == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert quantization_config(args).bnb_4bit_compute_dtype == torch.bfloat16
+    explicit = ModelArguments(model_name_or_path="builtin:smollm2-135m-instruct", method="qlora", bnb_4bit_compute_dtype="float16")
+    assert quantization_config(explicit).bnb_4bit_compute_dtype == torch.float16

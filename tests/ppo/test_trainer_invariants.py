@@ -53,6 +53,19 @@ def test_rollout_kl_is_policy_minus_reference_log_probs(tiny_llama_dir, tmp_path
     torch.testing.assert_close(penalty, -0.5 * (policy - reference) * rollout.mask, atol=1e-4, rtol=0)
 
 
+def record_gradients(trainer: PPOTrainer) -> list[dict[str, torch.Tensor]]:
+    """The gradients at every optimizer step from now on (the torch optimizer steps only when they are synchronised)."""
+    seen, inner = [], trainer.optimizer.optimizer
+    real_step = inner.step
+
+    def recording_step(*args, **kwargs):
+        seen.append({n: p.grad.detach().clone() for n, p in trainer.actor_critic.named_parameters() if p.grad is not None})
+        return real_step(*args, **kwargs)
+
+    inner.step = recording_step
+    return seen
+
+
 def final_kl(trainer: PPOTrainer) -> float:
     trainer.train()
     _, kl = trainer.sample_heldout(PROMPTS * 4, seed=3)
@@ -84,15 +97,7 @@ def test_two_accumulated_micro_batches_make_the_gradient_of_one(tiny_llama_dir, 
         # equal token counts per micro-batch (no early EOS from a random model), so a token mean over one micro-batch
         # of 4 is the mean of the two token means over micro-batches of 2
         assert bool(rollout.mask.all())
-        seen = []
-        inner = trainer.optimizer.optimizer  # the torch optimizer: stepped only when gradients are synchronised
-        real_step = inner.step
-
-        def recording_step(*args, **kwargs):
-            seen.append({n: p.grad.detach().clone() for n, p in trainer.actor_critic.named_parameters() if p.grad is not None})
-            return real_step(*args, **kwargs)
-
-        inner.step = recording_step
+        seen = record_gradients(trainer)
         trainer.update(rollout)
         assert len(seen) == 1  # one optimizer step per mini-batch, whatever the accumulation
         gradients.append(seen[0])
@@ -119,15 +124,7 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(tiny_lla
             return mlp_forward(*args, **kwargs)
 
         mlp.forward = counted
-        seen = []
-        inner = trainer.optimizer.optimizer
-        real_step = inner.step
-
-        def recording_step(*args, **kwargs):
-            seen.append({n: p.grad.detach().clone() for n, p in trainer.actor_critic.named_parameters() if p.grad is not None})
-            return real_step(*args, **kwargs)
-
-        inner.step = recording_step
+        seen = record_gradients(trainer)
         trainer.update(rollout)
         assert not trainer.actor_critic.training  # rollouts after the update sample in eval mode again
         gradients.append(seen[0])
