@@ -138,6 +138,17 @@ def _auto_class(kind: Kind):
     }[kind]
 
 
+def no_head_for(kind: Kind, path: str, name: str) -> str:
+    """The one-line error for an architecture transformers has no ``kind`` class for (e.g. Granite or Cohere as a
+    reward model: no ``...ForSequenceClassification``)."""
+    from transformers import AutoConfig
+
+    model_type = AutoConfig.from_pretrained(path).model_type
+    what = {"seq_cls": "sequence-classification (reward model / classifier)", "causal": "causal-LM", "encoder": "encoder"}[kind]
+    return (f"'{name}' is a {model_type} model, and transformers has no {what} class for {model_type}; "
+            f"use a {kind} stage on an architecture that has one (e.g. llama, qwen2, mistral, gemma2, bert)")
+
+
 def _from_pretrained(path: str, kind: Kind, args: ModelArguments, label_kwargs: dict[str, Any], meta: dict[str, Any]):
     """The checkpoint at ``path`` (quantised as ``args`` says), a classifier pooling as ``args.pooling`` resolves with
     ``meta``, the run folder's record."""
@@ -155,6 +166,8 @@ def _from_pretrained(path: str, kind: Kind, args: ModelArguments, label_kwargs: 
     try:
         model = _auto_class(kind).from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise ModelError(no_head_for(kind, path, args.model_name_or_path)) from None
         raise ModelError(f"Could not load a {kind} model from '{args.model_name_or_path}': {exc}") from None
     if q is not None:
         release_checkpoint_mapping(model)

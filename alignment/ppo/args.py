@@ -232,6 +232,14 @@ class PPOConfig:
         return self.value_model != "none"
 
     @property
+    def on_policy_update(self) -> bool:
+        """One optimizer step per rollout batch (ppo_epochs 1, num_mini_batches 1), no critic and no KL in the
+        reward: pi_old is exactly the policy being trained, so the loss takes pi_old = pi_theta (detached, ratio 1,
+        as trl does) and the rollout skips the trainer's own log-prob pass."""
+        return (self.ppo_epochs == 1 and self.num_mini_batches == 1 and not self.critic
+                and (self.kl_in == "loss" or self.kl_coef == 0))
+
+    @property
     def prompts_per_step(self) -> int:
         return self.batch_size // self.num_generations
 

@@ -332,10 +332,11 @@ class PPOTrainer:
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
     @torch.no_grad()
-    def sample(self, query: dict[str, torch.Tensor], with_logprobs: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, query: dict[str, torch.Tensor], with_logprobs: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Responses [batch, R'] (R' <= response_length), right-padded with the pad token after EOS; with
-        ``with_logprobs`` also the sampler's own log-probability of each token (from the scores it sampled from)."""
-        pieces, logps = [], []
+        ``with_logprobs`` also the sampler's own log-probability of each token and the entropy of the distribution
+        it was drawn from (from the scores it sampled from; 0 after EOS)."""
+        pieces, logps, entropies = [], [], []
         prompt_length = query["input_ids"].shape[1]
         config = copy.copy(self.generation_config)
         config.output_scores = with_logprobs
@@ -344,13 +345,16 @@ class PPOTrainer:
                 input_ids=query["input_ids"][part], attention_mask=query["attention_mask"][part], generation_config=config
             )
             pieces.append(out.sequences[:, prompt_length:])
-            if with_logprobs:
-                scores = torch.log_softmax(torch.stack(out.scores, dim=1).float(), -1)
-                logps.append(scores.gather(-1, pieces[-1][..., None])[..., 0])
+            if with_logprobs:  # one step at a time: no [batch, R, vocab] copy
+                steps = [torch.log_softmax(scores.float(), -1) for scores in out.scores]
+                logps.append(torch.stack([lp.gather(-1, pieces[-1][:, t, None])[:, 0] for t, lp in enumerate(steps)], 1))
+                entropies.append(torch.stack([-(lp.exp() * lp).nan_to_num().sum(-1) for lp in steps], 1))
         width = max(p.shape[1] for p in pieces)
         pad = lambda x, value: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)  # noqa: E731
         response = torch.cat([pad(p, self.tokenizer.pad_token_id) for p in pieces])
-        return (response, torch.cat([pad(x, 0.0) for x in logps])) if with_logprobs else response
+        if not with_logprobs:
+            return response
+        return response, torch.cat([pad(x, 0.0) for x in logps]), torch.cat([pad(x, 0.0) for x in entropies])
 
     def check_sampler(self, sampler_logp: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor) -> None:
         """Start-up self-check on the first rollout: the trainer's log-probs must be the sampler's (ratio 1, KL 0),
@@ -395,30 +399,32 @@ class PPOTrainer:
         """Sample responses, score them, shape rewards with the KL penalty and compute the advantages.
 
         ``columns``: the data's extra columns for these rows, for reward functions that read them."""
-        cfg, tok, model = self.config, self.tokenizer, self.actor_critic
+        cfg, tok = self.config, self.tokenizer
+        # One update right after the rollout, no critic, no KL in the reward: the trainer needs no log-probs of its own
+        # here (pi_old is the policy being trained); the sampler's serve the KL and entropy metrics.
+        from_sampler = cfg.on_policy_update and self.sampler_checked
         with self.accelerator.autocast():
             query = self.encode_prompts(prompts)
             start = time.perf_counter()
-            response_ids, sampler_logp = self.sample(query, with_logprobs=True) if not self.sampler_checked else (self.sample(query), None)
+            with_logprobs = from_sampler or not self.sampler_checked
+            response_ids, sampler_logp, sampler_entropy = self.sample(query, with_logprobs) if with_logprobs else (self.sample(query), None, None)
             generated = time.perf_counter()
             mask, input_ids, attention_mask = self.with_responses(query, response_ids)
             prompt_length = query["input_ids"].shape[1]
-            logp, values, entropy = [], [], []
-            for part in self.chunks(len(prompts)):
-                logits, part_values = model(input_ids[part], attention_mask[part], prompt_length)
-                logp.append(logprobs_from_logits(logits, response_ids[part], cfg.temperature))
-                entropy.append(entropy_from_logits(logits, cfg.temperature))
-                values.append(part_values.float() if part_values is not None else torch.zeros_like(logp[-1]))
+            if from_sampler:
+                logp, entropy = torch.where(mask.bool(), sampler_logp, 0.0), sampler_entropy * mask
+                values = torch.zeros_like(logp)
+            else:
+                logp, values, entropy = self.policy_pass(input_ids, attention_mask, prompt_length, response_ids)
             ref_logp = self.logprobs(input_ids, attention_mask, prompt_length, response_ids, reference=True)
-        if sampler_logp is not None:
-            self.check_sampler(sampler_logp, torch.cat(logp), mask)
+        if not self.sampler_checked:
+            self.check_sampler(sampler_logp, logp, mask)
         responses = self.decode(response_ids, mask)
         components = self.reward.components(prompts, responses, **(columns or {}))
         device = mask.device
         components = {name: torch.tensor(x, dtype=torch.float32, device=device) for name, x in components.items()}
         scores = torch.as_tensor(self.reward.total({k: v.tolist() for k, v in components.items()}), dtype=torch.float32, device=device)
         has_eos = (response_ids == tok.eos_token_id).any(dim=-1)
-        logp, values = torch.cat(logp), torch.cat(values)
         beta = self.kl_ctl.kl_coef if cfg.kl_in == "reward" else 0.0  # kl_in: loss puts it in micro_step instead
         rewards, kl = shape_rewards(
             self.normalize(components), logp, ref_logp, mask, beta, cfg.kl_estimator,
@@ -430,12 +436,22 @@ class PPOTrainer:
         advantages, returns = self.advantages(rewards, values, mask)
         rollout = Rollout(
             input_ids=input_ids, attention_mask=attention_mask, prompt_length=prompt_length, response_ids=response_ids,
-            mask=mask, logp=logp, ref_logp=ref_logp, values=values, entropy=torch.cat(entropy), scores=scores,
+            mask=mask, logp=logp, ref_logp=ref_logp, values=values, entropy=entropy, scores=scores,
             score_terms=score_terms, rewards=rewards, advantages=advantages, returns=returns, kl=kl,
             has_eos=has_eos, prompts=prompts, responses=responses, components=components,
         )
         timings = {"time_generation": generated - start, "time_scoring": time.perf_counter() - generated}
         return rollout, timings
+
+    def policy_pass(self, input_ids, attention_mask, prompt_length: int, response_ids) -> tuple[torch.Tensor, ...]:
+        """log pi_old of the sampled tokens, values V(s_t) (zeros without a critic) and entropies, [batch, R]."""
+        logp, values, entropy = [], [], []
+        for part in self.chunks(len(input_ids)):
+            logits, part_values = self.actor_critic(input_ids[part], attention_mask[part], prompt_length)
+            logp.append(logprobs_from_logits(logits, response_ids[part], self.config.temperature))
+            entropy.append(entropy_from_logits(logits, self.config.temperature))
+            values.append(part_values.float() if part_values is not None else torch.zeros_like(logp[-1]))
+        return torch.cat(logp), torch.cat(values), torch.cat(entropy)
 
     def advantages(self, rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token advantages and value targets of the configured ``advantage_estimator``, from the shaped rewards
@@ -547,8 +563,9 @@ class PPOTrainer:
         mask = rollout.mask[rows]
         logits, values = self.model(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_length)
         logp = logprobs_from_logits(logits, rollout.response_ids[rows], cfg.temperature)
+        old = logp.detach() if cfg.on_policy_update else rollout.logp[rows]  # on-policy: pi_old is pi_theta (ratio 1)
         pg_loss, stats = policy_loss(
-            logp, rollout.logp[rows], rollout.advantages[rows], mask, cfg.cliprange, cfg.loss_aggregation, cfg.response_length
+            logp, old, rollout.advantages[rows], mask, cfg.cliprange, cfg.loss_aggregation, cfg.response_length
         )
         loss, stats = pg_loss, {"policy_loss": pg_loss.detach(), **stats}
         if values is not None:

@@ -28,20 +28,28 @@ def chat_tokenizer(tiny_llama_dir):
     return transformers.AutoTokenizer.from_pretrained(tiny_llama_dir)
 
 
+NO_CLASSIFICATION_HEAD = {"granite", "cohere"}  # transformers has no ...ForSequenceClassification for them
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
-def test_sft_rm_and_dpo_run_on_every_decoder_family(family, chat_tokenizer, tmp_path):
+def test_sft_rm_and_dpo_run_on_every_decoder_family(family, chat_tokenizer, tmp_path, capsys):
     path = build_decoder(family, chat_tokenizer, tmp_path / family)
     base = ["--model_name_or_path", path, *QUICK]
     assert sft_main(["recipes/sft/demo.yaml", *base, "--max_samples", "4", "--num_samples", "0", "--output_dir", str(tmp_path / "sft")]) == 0
     assert metrics(tmp_path / "sft")["global_step"] == 1
-    assert rm_main(["recipes/rm/demo.yaml", *base, "--max_samples", "8", "--output_dir", str(tmp_path / "rm")]) == 0
+    assert dpo_main(["recipes/dpo/demo.yaml", *base, "--max_samples", "8", "--output_dir", str(tmp_path / "dpo")]) == 0
+    assert metrics(tmp_path / "dpo")["global_step"] == 1
+    capsys.readouterr()
+    code = rm_main(["recipes/rm/demo.yaml", *base, "--max_samples", "8", "--output_dir", str(tmp_path / "rm")])
+    if family in NO_CLASSIFICATION_HEAD:  # a clear refusal, not a wrong result
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and err[-1].startswith("error: ") and "transformers has no sequence-classification" in err[-1]
+        return
+    assert code == 0
     rm = load_reward_model(tmp_path / "rm")
     scores = rm.score(["Hello"] * 2, ["a kind reply", "a rude and much longer reply, far from kind"])
     assert all(torch.isfinite(torch.tensor(scores))) and scores[0] != scores[1]
-    assert dpo_main(["recipes/dpo/demo.yaml", *base, "--method", "lora", "--max_samples", "8",
-                     "--output_dir", str(tmp_path / "dpo")]) == 0
-    assert metrics(tmp_path / "dpo")["global_step"] == 1
 
 
 @pytest.mark.slow
@@ -51,7 +59,7 @@ def test_classify_and_rm_run_and_reload_identically_on_every_encoder_family(fami
     path = build_encoder(family, tokenizer, tmp_path / family)
     base = ["--model_name_or_path", path, *QUICK, "--method", "full"]
     texts = ["a warm and funny film", "dull, far too long"]
-    assert classify_main(["recipes/classify/demo.yaml", *base, "--baseline", "none", "--max_samples", "16",
+    assert classify_main(["recipes/classify/demo.yaml", *base, "--baseline", "none", "--max_samples", "16", "--early_stopping_patience", "null",
                           "--output_dir", str(tmp_path / "clf")]) == 0
     first, second = load_classifier(tmp_path / "clf"), load_classifier(tmp_path / "clf")
     assert first.probabilities(texts).tolist() == second.probabilities(texts).tolist()

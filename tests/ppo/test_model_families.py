@@ -38,7 +38,7 @@ def test_ppo_sampler_and_trainer_agree_on_every_family(family, tokenizer, tmp_pa
     ])
     query = trainer.encode_prompts(PROMPTS)
     torch.manual_seed(0)
-    response, sampler_logp = trainer.sample(query, with_logprobs=True)
+    response, sampler_logp, _ = trainer.sample(query, with_logprobs=True)
     mask = response_mask(response, trainer.tokenizer.eos_token_id, trainer.tokenizer.pad_token_id)
     ids = torch.cat([query["input_ids"], response], 1)
     attention = torch.cat([query["attention_mask"], mask.long()], 1)

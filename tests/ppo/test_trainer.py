@@ -148,7 +148,7 @@ def test_the_sampler_ignores_the_checkpoints_sampling_options(llama_with_samplin
     ])
     query = trainer.encode_prompts(PROMPTS)
     torch.manual_seed(0)
-    response, sampler_logp = trainer.sample(query, with_logprobs=True)
+    response, sampler_logp, _ = trainer.sample(query, with_logprobs=True)
     mask = response_mask(response, trainer.tokenizer.eos_token_id, trainer.tokenizer.pad_token_id)
     ids = torch.cat([query["input_ids"], response], 1)
     ours = trainer.logprobs(ids, torch.cat([query["attention_mask"], mask.long()], 1), query["input_ids"].shape[1], response)

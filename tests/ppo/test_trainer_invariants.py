@@ -132,3 +132,28 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(tiny_lla
     assert layer_calls[1] > layer_calls[0]  # the checkpointed blocks ran again in the backward pass
     for name in gradients[0]:
         torch.testing.assert_close(gradients[1][name], gradients[0][name], atol=1e-6, rtol=1e-4)
+
+
+def test_a_single_on_policy_update_skips_the_rollout_log_prob_pass(tiny_llama_dir, tmp_path):
+    from alignment.ppo.core import kl_penalty
+
+    prompts = [p for p in PROMPTS[:2] for _ in range(2)]
+    passes = {}
+    for name, minis in (("on-policy", 1), ("two-minibatches", 2)):
+        trainer = make_trainer(tiny_llama_dir, tmp_path, name, advantage_estimator="grpo", num_generations=2, num_mini_batches=minis)
+        assert trainer.config.on_policy_update == (minis == 1)
+        perturb_policy(trainer)
+        torch.manual_seed(0)
+        trainer.rollout(prompts)  # the first rollout checks the sampler against the trainer's own pass, always
+        calls, forward = [], trainer.actor_critic.forward
+        trainer.actor_critic.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+        rollout, _ = trainer.rollout(prompts)
+        passes[name] = len(calls)
+        trainer.actor_critic.forward = forward
+        if minis == 1:  # the sampler's log-probs stand in for the pass: the same KL
+            args = (rollout.input_ids, rollout.attention_mask, rollout.prompt_length, rollout.response_ids)
+            expected = (kl_penalty(trainer.logprobs(*args), trainer.logprobs(*args, reference=True), "k3") * rollout.mask).sum(-1)
+            torch.testing.assert_close(rollout.kl, expected, atol=1e-3, rtol=0)
+            stats = trainer.update(rollout)
+            assert stats["ratio_mean"] == pytest.approx(1.0) and stats["clipfrac"] == 0.0
+    assert passes == {"on-policy": 0, "two-minibatches": 1}
