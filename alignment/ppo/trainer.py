@@ -346,15 +346,22 @@ class PPOTrainer:
             )
             pieces.append(out.sequences[:, prompt_length:])
             if with_logprobs:  # one step at a time: no [batch, R, vocab] copy
-                steps = [torch.log_softmax(scores.float(), -1) for scores in out.scores]
-                logps.append(torch.stack([lp.gather(-1, pieces[-1][:, t, None])[:, 0] for t, lp in enumerate(steps)], 1))
-                entropies.append(torch.stack([-(lp.exp() * lp).nan_to_num().sum(-1) for lp in steps], 1))
+                token_logp, entropy = zip(*(self.token_stats(scores, pieces[-1][:, t]) for t, scores in enumerate(out.scores)))
+                logps.append(torch.stack(token_logp, 1))
+                entropies.append(torch.stack(entropy, 1))
         width = max(p.shape[1] for p in pieces)
         pad = lambda x, value: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)  # noqa: E731
         response = torch.cat([pad(p, self.tokenizer.pad_token_id) for p in pieces])
         if not with_logprobs:
             return response
         return response, torch.cat([pad(x, 0.0) for x in logps]), torch.cat([pad(x, 0.0) for x in entropies])
+
+    @staticmethod
+    def token_stats(scores: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p of ``tokens`` [batch] and the entropy of the distribution ``scores`` [batch, vocab] (the sampler's
+        processed logits at one step; -inf entries contribute 0)."""
+        logp = torch.log_softmax(scores.float(), -1)
+        return logp.gather(-1, tokens[:, None])[:, 0], -(logp.exp() * logp).nan_to_num().sum(-1)
 
     def check_sampler(self, sampler_logp: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor) -> None:
         """Start-up self-check on the first rollout: the trainer's log-probs must be the sampler's (ratio 1, KL 0),
