@@ -152,9 +152,9 @@ def main(argv: list[str]) -> None:
     args, data_args, sampling = parse_recipe(
         argv, (EvaluateArguments, DataArguments, SamplingArguments), check_paths=("dataset_path",)
     )
-    check_arguments(args, sampling, data_args.extra_columns)
+    check_arguments(args, sampling, data_args.extra_columns or [])
     rows = load_data(data_args, "prompts").splits["train"]
-    columns = {c: list(rows[c]) for c in data_args.extra_columns}
+    columns = {c: list(rows[c]) for c in data_args.extra_columns or []}
     report = evaluate_policies(list(rows["prompt"]), args, sampling, columns)
     out = Path(args.output_dir or default_output_dir("evaluate"))
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,8 @@ from alignment.training import score_labelled_positions_only
 
 
 def test_cpu_projects_only_labelled_positions_and_keeps_the_loss(tiny_llama_dir, monkeypatch):
-    monkeypatch.setattr(utils, "_use_triton", utils._use_triton)  # undo the patch after the test
+    # start unpatched (a stage run earlier in this process may have patched it) and undo the patch after the test
+    monkeypatch.setattr(utils, "_use_triton", getattr(utils._use_triton, "__wrapped__", utils._use_triton))
     projected: list[int] = []
     apply = utils._ChunkedLogProbFunction.apply
     monkeypatch.setattr(utils._ChunkedLogProbFunction, "apply", lambda hidden, *a: projected.append(len(hidden)) or apply(hidden, *a))

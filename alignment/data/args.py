@@ -72,8 +72,8 @@ class DataArguments:
     instruction_column: str = _column("instruction", "the Alpaca instruction")
     input_column: str = _column("input", "the Alpaca input (optional, may be empty)")
     output_column: str = _column("output", "the Alpaca output")
-    extra_columns: list[str] = field(
-        default_factory=list,
+    extra_columns: list[str] | None = field(
+        default=None,
         metadata={
             "help": "Prompt data only: source columns kept beside the prompt (strings or numbers), passed by name to "
             "reward functions that take them, e.g. the answer an exact-match reward checks."

@@ -273,7 +273,7 @@ def _row_spec(source: Source, first: dict, args: DataArguments, run: _Run) -> tu
     present = set(first)
     columns = resolve_columns(column_map(args), present)
     run.source_label_names = run.source_label_names or source.class_names.get(columns["label"])
-    extra = tuple(args.extra_columns)
+    extra = tuple(args.extra_columns or ())
     if args.data_format != "auto":
         return RowSpec(args.data_format, run.task, columns, extra), "set by data_format"
     data_format = detect_format(source.name, present, columns, run.task)

@@ -158,10 +158,10 @@ def check_rewards(config: PPOConfig, data_args: DataArguments) -> None:
     for i, term in enumerate(config.reward_terms()):
         where = f"{key}[{i}]" if config.rewards else key
         needed = check_reward_spec(term.spec, where, term.kwargs)
-        missing = [c for c in needed if c not in data_args.extra_columns]
+        missing = [c for c in needed if c not in (data_args.extra_columns or [])]
         if missing:
             raise RecipeError(f"{where}: '{term.spec}' reads the data column(s) {missing}: add them to extra_columns "
-                              f"(now {data_args.extra_columns})")
+                              f"(now {data_args.extra_columns or []})")
 
 
 class PPOTrainer:
