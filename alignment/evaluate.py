@@ -57,7 +57,7 @@ class EvaluateArguments:
             raise ValueError(f"bootstrap must be >= 1, got {self.bootstrap}")
 
 
-def check_arguments(args: EvaluateArguments, sampling: SamplingArguments, extra_columns: list[str] = ()) -> None:
+def check_arguments(args: EvaluateArguments, sampling: SamplingArguments, extra_columns: list[str] | None = None) -> None:
     """Every key a run needs, checked before any model loads; a function judge that reads data columns (e.g.
     exact_match's answer) needs them in ``extra_columns``."""
     if not args.policies or not args.reward:
@@ -65,9 +65,8 @@ def check_arguments(args: EvaluateArguments, sampling: SamplingArguments, extra_
     if sampling.num_return_sequences != 1:
         raise RecipeError("evaluate: set samples_per_prompt, not num_return_sequences")
     for key, spec in (("reward", args.reward), ("gold", args.gold)):
-        missing = [c for c in (check_reward_spec(spec, key) if spec else ()) if c not in extra_columns]
-        if missing:
-            raise RecipeError(f"{key}: '{spec}' reads the data column(s) {missing}: add them to extra_columns")
+        if spec:
+            check_reward_spec(spec, key, columns=extra_columns or [])
 
 
 def judge_stats(scores: dict[str, np.ndarray], baseline: str, indices: np.ndarray) -> dict[str, dict]:
@@ -152,7 +151,7 @@ def main(argv: list[str]) -> None:
     args, data_args, sampling = parse_recipe(
         argv, (EvaluateArguments, DataArguments, SamplingArguments), check_paths=("dataset_path",)
     )
-    check_arguments(args, sampling, data_args.extra_columns or [])
+    check_arguments(args, sampling, data_args.extra_columns)
     rows = load_data(data_args, "prompts").splits["train"]
     columns = {c: list(rows[c]) for c in data_args.extra_columns or []}
     report = evaluate_policies(list(rows["prompt"]), args, sampling, columns)

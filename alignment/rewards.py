@@ -318,10 +318,10 @@ def import_reward_function(spec: str, key: str) -> RewardFn:
     return fn
 
 
-def check_reward_spec(spec: str, key: str, kwargs: dict[str, Any] | None = None) -> tuple[str, ...]:
+def check_reward_spec(spec: str, key: str, kwargs: dict[str, Any] | None = None, columns: list[str] | None = None) -> None:
     """Raise a one-line RecipeError when ``spec`` (the value of recipe key ``key``) cannot name a reward; loads no
     model: a run folder must carry ``alignment_model.json`` (and a classifier the ``#label``), a function must import
-    and take ``kwargs``. Returns the data columns a function reward requires."""
+    and take ``kwargs``, and, when the data's ``columns`` (its extra_columns) are given, find the ones it reads there."""
     path, _, label = spec.partition("#")
     expected = f"an alignment.rm run folder, CLASSIFIER_RUN#label, a built-in ({', '.join(BUILTIN)}) or package.module:function"
     if Path(path).is_dir():
@@ -331,14 +331,17 @@ def check_reward_spec(spec: str, key: str, kwargs: dict[str, Any] | None = None)
         labels = meta.get("label_names") or []
         if label and label not in labels:
             raise RecipeError(f"{key}: {spec!r}: {path} has no label {label!r} (labels: {labels or 'none, it is a reward model'})")
-        return ()
+        return
     module, _, name = spec.partition(":")
     if spec not in BUILTIN and (not module or not name or "#" in spec):
         raise RecipeError(f"{key}: {spec!r} is not a reward: no such run folder, and not module:function; expected {expected}")
     try:
-        return function_reward(spec, kwargs or {}).columns
+        needed = function_reward(spec, kwargs or {}).columns
     except RecipeError as exc:
         raise RecipeError(f"{key}: {exc}") from None
+    missing = [c for c in needed if columns is not None and c not in columns]
+    if missing:
+        raise RecipeError(f"{key}: '{spec}' reads the data column(s) {missing}: add them to extra_columns (now {columns})")
 
 
 @dataclass
@@ -370,7 +373,7 @@ def term_name(spec: str) -> str:
     return Path(path).name + (f"_{label}" if label else "") if Path(path).name else spec
 
 
-def reward_terms(entries: list[Any]) -> list[RewardTerm]:
+def parse_reward_terms(entries: list[Any]) -> list[RewardTerm]:
     """A recipe's ``rewards:`` list as RewardTerms; a ValueError names the bad entry."""
     terms = []
     for i, entry in enumerate(entries):

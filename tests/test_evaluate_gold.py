@@ -91,6 +91,18 @@ def test_a_bad_gold_spec_fails_before_any_model_loads(monkeypatch, capsys):
     assert len(err) == 1 and err[0].startswith("error: gold: 'runs/no-such-oracle#positive' is not a reward"), err
 
 
+def test_a_judge_that_reads_a_data_column_needs_it_kept_before_any_model_loads(monkeypatch, capsys):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("alignment.evaluate.load_trained", no_loading)
+    argv = ["--policies", '["builtin:smollm2-135m-instruct"]', "--reward", "exact_match",
+            "--dataset_path", str(ROOT / "data/arithmetic/test.jsonl")]
+    assert evaluate_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: reward: 'exact_match' reads the data column(s) ['answer']: add them to extra_columns (now [])"]
+
+
 def test_pipeline_wires_the_gold_judge_and_the_monitor(tmp_path):
     root = tmp_path / "pipe"
     prompts = tmp_path / "validation.jsonl"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from alignment.rewards import RewardTerm, reward_terms
+from alignment.rewards import RewardTerm, parse_reward_terms
 
 Estimator = Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"]
 CRITIC_FREE = ("grpo", "dr_grpo", "rloo", "reinforce_pp")
@@ -180,7 +180,7 @@ class PPOConfig:
         self.resolve_estimator()
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 for PPO (log-probs are those of the sampler), got {self.temperature}")
-        self.rewards = reward_terms(self.rewards)
+        self.rewards = parse_reward_terms(self.rewards)
         if sum((self.reward_model is not None, self.reward_function is not None, bool(self.rewards))) != 1:
             raise ValueError("set exactly one of reward_model (a run folder or checkpoint), reward_function and rewards (a list)")
         for key in ("kl_coef", "vf_coef", "ent_coef", "max_grad_norm", "weight_decay", "warmup_ratio"):

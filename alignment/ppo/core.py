@@ -65,11 +65,12 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature
 
 
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Per-token entropy H = -sum_a pi(a) log pi(a) of softmax(logits / temperature), in nats, shape logits[..., 0]."""
+    """Per-token entropy H = -sum_a pi(a) log pi(a) of softmax(logits / temperature), in nats, shape logits[..., 0].
+    Actions a sampler has masked out (logit -inf, pi(a) = 0) contribute 0."""
 
     def row_entropy(row: torch.Tensor) -> torch.Tensor:
         logp = F.log_softmax(row.float() / temperature, dim=-1)
-        return -(logp.exp() * logp).sum(-1)
+        return -(logp.exp() * torch.where(logp.isneginf(), 0.0, logp)).sum(-1)
 
     return torch.stack([row_entropy(row) for row in logits])
 

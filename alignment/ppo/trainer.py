@@ -157,11 +157,7 @@ def check_rewards(config: PPOConfig, data_args: DataArguments) -> None:
     key = "rewards" if config.rewards else "reward_function" if config.reward_function else "reward_model"
     for i, term in enumerate(config.reward_terms()):
         where = f"{key}[{i}]" if config.rewards else key
-        needed = check_reward_spec(term.spec, where, term.kwargs)
-        missing = [c for c in needed if c not in (data_args.extra_columns or [])]
-        if missing:
-            raise RecipeError(f"{where}: '{term.spec}' reads the data column(s) {missing}: add them to extra_columns "
-                              f"(now {data_args.extra_columns or []})")
+        check_reward_spec(term.spec, where, term.kwargs, columns=data_args.extra_columns or [])
 
 
 class PPOTrainer:
@@ -359,9 +355,8 @@ class PPOTrainer:
     @staticmethod
     def token_stats(scores: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """log p of ``tokens`` [batch] and the entropy of the distribution ``scores`` [batch, vocab] (the sampler's
-        processed logits at one step; -inf entries contribute 0)."""
-        logp = torch.log_softmax(scores.float(), -1)
-        return logp.gather(-1, tokens[:, None])[:, 0], -(logp.exp() * logp).nan_to_num().sum(-1)
+        processed logits at one step, already at its temperature)."""
+        return logprobs_from_logits(scores[:, None], tokens[:, None])[:, 0], entropy_from_logits(scores)
 
     def check_sampler(self, sampler_logp: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor) -> None:
         """Start-up self-check on the first rollout: the trainer's log-probs must be the sampler's (ratio 1, KL 0),
@@ -427,14 +422,13 @@ class PPOTrainer:
         if not self.sampler_checked:
             self.check_sampler(sampler_logp, logp, mask)
         responses = self.decode(response_ids, mask)
-        components = self.reward.components(prompts, responses, **(columns or {}))
-        device = mask.device
-        components = {name: torch.tensor(x, dtype=torch.float32, device=device) for name, x in components.items()}
-        scores = torch.as_tensor(self.reward.total({k: v.tolist() for k, v in components.items()}), dtype=torch.float32, device=device)
+        raw = self.reward.components(prompts, responses, **(columns or {}))
+        components = {name: torch.tensor(x, dtype=torch.float32, device=mask.device) for name, x in raw.items()}
+        scores = torch.as_tensor(self.reward.total(raw), dtype=torch.float32, device=mask.device)
         has_eos = (response_ids == tok.eos_token_id).any(dim=-1)
         beta = self.kl_ctl.kl_coef if cfg.kl_in == "reward" else 0.0  # kl_in: loss puts it in micro_step instead
         rewards, kl = shape_rewards(
-            self.normalize(components), logp, ref_logp, mask, beta, cfg.kl_estimator,
+            self.normalize(raw, scores), logp, ref_logp, mask, beta, cfg.kl_estimator,
             cfg.missing_eos_penalty, has_eos, cfg.missing_eos_mode,
         )
         score_terms = rewards.sum(-1) + beta * kl  # the (normalised) score alone, before whitening
@@ -521,17 +515,16 @@ class PPOTrainer:
         responses, _ = self.sample_heldout(prompts, seed)
         return responses, self.reward.score(prompts, responses)
 
-    def normalize(self, components: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The weighted score as it enters the reward: with ``normalize_rewards``, each reward model's score is
-        standardised with its saved statistics; a reward with none has its total standardised with running moments
-        of every score seen (over all processes)."""
-        raw = {name: x.tolist() for name, x in components.items()}
-        device = next(iter(components.values())).device
-        total = torch.as_tensor(self.reward.total(raw, standardize=self.config.normalize_rewards), dtype=torch.float32, device=device)
-        if not self.config.normalize_rewards or self.reward.has_statistics:
-            return total
-        self.reward_moments.update(self.accelerator.gather(total))
-        return self.reward_moments.normalize(total)
+    def normalize(self, raw: dict[str, list[float]], scores: torch.Tensor) -> torch.Tensor:
+        """The weighted score as it enters the reward: with ``normalize_rewards``, each reward model's score (``raw``,
+        by term) is standardised with its saved statistics; a reward with none has its total (``scores``) standardised
+        with running moments of every score seen (over all processes)."""
+        if not self.config.normalize_rewards:
+            return scores
+        if self.reward.has_statistics:
+            return torch.as_tensor(self.reward.total(raw, standardize=True), dtype=torch.float32, device=scores.device)
+        self.reward_moments.update(self.accelerator.gather(scores))
+        return self.reward_moments.normalize(scores)
 
     # -------------------------------------------------------------------------------------------------- update
     def update(self, rollout: Rollout) -> dict[str, float]:

@@ -83,6 +83,12 @@ def test_entropy_is_log_vocab_for_uniform_and_zero_for_peaked_logits() -> None:
     torch.testing.assert_close(entropy, torch.tensor([[math.log(5)] * 2, [0.0, 0.0]]))
 
 
+def test_entropy_ignores_actions_the_sampler_masked_out() -> None:
+    """A sampler's processed logits can hold -inf (a banned token): p = 0 there, so it adds 0, not NaN."""
+    logits = torch.tensor([[0.0, 0.0, -math.inf], [0.0, -math.inf, -math.inf]])
+    torch.testing.assert_close(entropy_from_logits(logits), torch.tensor([math.log(2), 0.0]))
+
+
 def test_entropy_matches_definition_and_rises_with_temperature() -> None:
     logits = torch.tensor([[[1.0, 2.0, 0.5]]])
     p = torch.softmax(logits / 2.0, -1)

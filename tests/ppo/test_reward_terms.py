@@ -12,7 +12,7 @@ from alignment.data import DataArguments, load_data
 from alignment.errors import DataError, RecipeError
 from alignment.ppo.__main__ import main
 from alignment.reward_functions import exact_match, final_answer, format_match
-from alignment.rewards import RewardSource, RewardTerm, WeightedReward, function_reward, reward_terms
+from alignment.rewards import RewardSource, RewardTerm, WeightedReward, function_reward, parse_reward_terms
 
 from helpers import ROOT
 
@@ -49,7 +49,7 @@ def test_function_reward_hands_over_only_the_columns_it_names():
 
 
 def test_weighted_reward_sums_terms_and_keeps_each_component():
-    terms = reward_terms([{"spec": "exact_match"}, {"spec": "format_match", "weight": 0.5, "name": "fmt"}])
+    terms = parse_reward_terms([{"spec": "exact_match"}, {"spec": "format_match", "weight": 0.5, "name": "fmt"}])
     reward = WeightedReward([(t, function_reward(t.spec, t.kwargs)) for t in terms])
     components = reward.components(["q", "q"], ["12", "it is 12"], answer=["12", "12"])
     assert components == {"exact_match": [1.0, 1.0], "fmt": [1.0, 0.0]}
@@ -80,7 +80,7 @@ def test_standardising_uses_each_reward_models_own_statistics():
 )
 def test_bad_reward_entries_name_the_entry(entries, message):
     with pytest.raises(ValueError, match=message):
-        reward_terms(entries)
+        parse_reward_terms(entries)
 
 
 def test_extra_columns_are_kept_beside_the_prompt(tmp_path):
