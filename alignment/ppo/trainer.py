@@ -12,9 +12,6 @@ import copy
 import json
 import logging
 import math
-import os
-import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +30,7 @@ from alignment.generation import render_prompt
 from alignment.models import ModelArguments, load_model, load_tokenizer, save_model
 from alignment.models.loader import is_adapter, peft_config
 from alignment.monitor import EVAL_FILE, Monitor, MonitorArguments, tracker_metrics
+from alignment.ppo import checkpoint
 from alignment.ppo.args import PPOConfig
 from alignment.ppo.core import (
     AdaptiveKLController,
@@ -54,7 +52,7 @@ from alignment.ppo.core import (
     shape_rewards,
     value_loss,
 )
-from alignment.ppo.modeling import POLICY, ActorCritic
+from alignment.ppo.modeling import ActorCritic
 from alignment.ppo.rewards import load_reward
 from alignment.rewards import WeightedReward, check_reward_spec
 from alignment.run import append_jsonl, configure_wandb, start_run, truncate_jsonl, write_json
@@ -71,8 +69,6 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 CLASSES = (ModelArguments, DataArguments, ResumeArguments, MonitorArguments, PPOConfig)
 PPO_METHODS = ("lora", "qlora")
-CHECKPOINT_PREFIX = "checkpoint-"
-TEMP_PREFIX = ".tmp-checkpoint-"
 
 
 @dataclass
@@ -102,21 +98,6 @@ class Rollout:
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def sampling_config(config: PPOConfig, tokenizer) -> GenerationConfig:
     """Sampling from softmax(logits / temperature) and nothing else, the distribution PPO's log-probs assume.
 
@@ -496,7 +477,7 @@ class PPOTrainer:
     def sample_heldout(self, prompts: list[Any], seed: int) -> tuple[list[str], list[float]]:
         """One response per prompt sampled with ``seed`` and its KL to the reference (summed k1 log-ratio at the
         sampling temperature, as in training); the training RNG state is left as it was."""
-        state = rng_state()
+        state = checkpoint.rng_state()
         torch.manual_seed(seed)
         try:
             with self.accelerator.autocast():
@@ -507,7 +488,7 @@ class PPOTrainer:
                 logp = self.logprobs(input_ids, attention_mask, width, response_ids)
                 ref_logp = self.logprobs(input_ids, attention_mask, width, response_ids, reference=True)
         finally:
-            set_rng_state(state)
+            checkpoint.set_rng_state(state)
         return self.decode(response_ids, mask), ((logp - ref_logp) * mask).sum(-1).tolist()
 
     def score_policy(self, prompts: list[Any], seed: int) -> tuple[list[str], list[float]]:
@@ -635,82 +616,24 @@ class PPOTrainer:
             self.accelerator.get_tracker("wandb", unwrap=True).log({"samples": table}, step=self.step + 1)
 
     # -------------------------------------------------------------------------------------------------- checkpoints
-    def checkpoint_state(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "total_steps": self.total_steps,
-            "kl_controller": self.kl_ctl.state_dict(),
-            "reward_moments": self.reward_moments.state_dict(),
-            "world_size": self.accelerator.num_processes,
-        }
-
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoint-<step>`` atomically: everything goes to a temporary folder renamed into place last, so
-        an interrupted save never leaves a checkpoint that looks complete."""
-        from safetensors.torch import save_file
-
-        acc = self.accelerator
-        final = self.run_dir / f"{CHECKPOINT_PREFIX}{self.step}"
-        temp = self.run_dir / f"{TEMP_PREFIX}{self.step}"
-        if acc.is_main_process:
-            for stale in self.run_dir.glob(f"{TEMP_PREFIX}*"):
-                shutil.rmtree(stale)
-            temp.mkdir()
-        acc.wait_for_everyone()
-        torch.save(rng_state(), temp / f"rng_state_{acc.process_index}.pth")
-        if acc.is_main_process:
-            model = self.actor_critic
-            model.model.save_pretrained(str(temp), selected_adapters=[POLICY])
-            save_file(model.value_state(), str(temp / "value_state.safetensors"))
-            torch.save(self.optimizer.state_dict(), temp / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), temp / "scheduler.pt")
-            write_json(temp / "trainer_state.json", self.checkpoint_state())
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(temp, final)
-            self.prune_checkpoints()
-            logger.info("Saved %s", final)
-        acc.wait_for_everyone()
-        return final
-
-    def prune_checkpoints(self) -> None:
-        limit = self.config.save_total_limit
-        if limit is None:
-            return
-        found = sorted(
-            (int(p.name[len(CHECKPOINT_PREFIX):]), p)
-            for p in self.run_dir.glob(f"{CHECKPOINT_PREFIX}*")
-            if p.name[len(CHECKPOINT_PREFIX):].isdigit()
-        )
-        for _, path in found[: max(len(found) - limit, 0)]:
-            shutil.rmtree(path)
+        state = {"step": self.step, "total_steps": self.total_steps, "kl_controller": self.kl_ctl.state_dict(),
+                 "reward_moments": self.reward_moments.state_dict()}
+        path = checkpoint.save(self.run_dir, self.step, self.accelerator, self.actor_critic, self.optimizer,
+                               self.scheduler, state, self.config.save_total_limit)
+        if self.accelerator.is_main_process:
+            logger.info("Saved %s", path)
+        return path
 
     def load_checkpoint(self) -> None:
-        """Restore adapters, value head, optimizer, scheduler, KL controller, reward moments, RNG and step."""
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
+        """Continue from the last complete checkpoint: model, optimizer, scheduler, RNG, KL controller, reward
+        moments and step; the run folder's JSONL logs are cut back to that step."""
         found = resume_from(self.run_dir, self.resume)
         if found is None:
             return
-        path, model = Path(found), self.actor_critic
-        state = json.loads((path / "trainer_state.json").read_text())
-        if state["world_size"] != self.accelerator.num_processes:
-            raise AlignmentError(
-                f"{path} was written by {state['world_size']} processes; resume with the same number (got "
-                f"{self.accelerator.num_processes}), or start a new output_dir"
-            )
-        loaded = set_peft_model_state_dict(model.model, load_file(str(path / "adapter_model.safetensors")), adapter_name=POLICY)
-        unexpected = list(loaded.unexpected_keys) + model.load_state_dict(load_file(str(path / "value_state.safetensors")), strict=False).unexpected_keys
-        if unexpected:
-            raise AlignmentError(f"{path} does not match this model (unexpected weights {unexpected[:3]}...); was the recipe changed?")
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        state = checkpoint.load(Path(found), self.accelerator, self.actor_critic, self.optimizer, self.scheduler)
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.reward_moments.load_state_dict(state["reward_moments"])
-        set_rng_state(torch.load(path / f"rng_state_{self.accelerator.process_index}.pth", weights_only=False))
         self.step = state["step"]
         if self.accelerator.is_main_process:
             for name in ("metrics.jsonl", "samples.jsonl", EVAL_FILE):

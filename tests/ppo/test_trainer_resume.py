@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignment.ppo import trainer as trainer_module
+from alignment.ppo import checkpoint as checkpoint_module
 from alignment.ppo.__main__ import main
 from alignment.training import last_complete_checkpoint
 
@@ -41,20 +41,20 @@ def test_run_killed_while_saving_resumes_to_the_uninterrupted_result(tmp_path, m
     extra = ESTIMATORS[estimator]
     assert main(_run_keys(tmp_path, "straight", extra)) == 0
 
-    real_write_json = trainer_module.write_json
+    real_write_json = checkpoint_module.write_json
 
     def killed_while_saving_step_3(path, data):
         if Path(path).parent.name == ".tmp-checkpoint-3":
             raise KeyboardInterrupt  # the process dies after the weights and optimizer, before the trainer state
         real_write_json(path, data)
 
-    monkeypatch.setattr(trainer_module, "write_json", killed_while_saving_step_3)
+    monkeypatch.setattr(checkpoint_module, "write_json", killed_while_saving_step_3)
     with pytest.raises(KeyboardInterrupt):
         main(_run_keys(tmp_path, "killed", extra))
     killed = tmp_path / "killed"
     assert (killed / ".tmp-checkpoint-3").is_dir() and not (killed / "checkpoint-3").exists()
     assert last_complete_checkpoint(killed) == str(killed / "checkpoint-2")
-    monkeypatch.setattr(trainer_module, "write_json", real_write_json)
+    monkeypatch.setattr(checkpoint_module, "write_json", real_write_json)
 
     assert main(_run_keys(tmp_path, "killed", extra)) == 0  # the same command again
     assert sorted(p.name for p in killed.iterdir() if "checkpoint" in p.name) == ["checkpoint-2", "checkpoint-3"]
