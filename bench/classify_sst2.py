@@ -33,7 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "classify" / "sst2.yaml"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "sst2"
 SEED = 42
-TARGET_ACCURACY, TARGET_SECONDS = 0.90, 20 * 60
 
 
 def read_tsv(path: Path) -> list[list[str]]:
@@ -155,14 +154,7 @@ def report(ours: dict, plain: dict) -> dict:
         print(f"speed-up over the plain Trainer: {ratio:.2f}x training time, {plain['wall_seconds'] / ours['wall_seconds']:.2f}x wall time")
     else:
         print(f"speed-up over the plain Trainer: {speed:.2f}x training samples/s (epochs differ: times not comparable)")
-    checks = {
-        f"dev accuracy >= {TARGET_ACCURACY}": ours["dev_accuracy"] >= TARGET_ACCURACY,
-        f"training <= {TARGET_SECONDS // 60} min": ours["train_seconds"] <= TARGET_SECONDS,
-        "faster than the plain Trainer": ratio > 1,
-    }
-    for check, ok in checks.items():
-        print(f"  [{'ok' if ok else 'MISSED'}] {check}")
-    return {"alignment": ours, "plain_trainer": plain, "speedup_train": ratio, "targets": checks}
+    return {"alignment": ours, "plain_trainer": plain, "speedup_train": ratio}
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Benchmark: reward models on Anthropic HH-RLHF helpful pairs with the real ``alignment.rm`` stage, MiniLM (full
 fine-tune) and SmolLM2-135M + LoRA, on one seeded train/validation split. Reports held-out pairwise accuracy,
-training time, wall time and pairs/s for each, against the target (>= 0.65 for the better model, <= 60 min training).
+training time, wall time and pairs/s for each.
 
     python bench/rm_hh.py [PATH] [--models minilm,smollm] [--max-pairs N] [--epochs E] [--max-length L]
                           [--train-pairs MODEL=N] [--set KEY=VALUE ...] [--work DIR] [--out results.json]
@@ -66,7 +66,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
 SUBSETS = ("helpful-online", "helpful-rejection-sampled")
 SEED, VALIDATION_FRACTION = 42, 0.1
-TARGET_ACCURACY, TARGET_SECONDS = 0.65, 60 * 60
 
 # What every run shares: the bench's own split, read as HH transcripts; one evaluation after training.
 SHARED = {
@@ -211,16 +210,8 @@ def report(results: dict[str, dict]) -> dict:
               f"{r['validation_accuracy']:8.4f} {r['accuracy_ci95']:6.3f} {r['train_seconds']:8.0f} "
               f"{r['wall_seconds']:8.0f} {r['pairs_per_second']:8.2f}")
     best = max(results, key=lambda k: results[k]["validation_accuracy"])
-    b = results[best]
-    checks = {
-        f"better model ({best}) validation accuracy >= {TARGET_ACCURACY}": b["validation_accuracy"] >= TARGET_ACCURACY,
-        f"better model ({best}) training <= {TARGET_SECONDS // 60} min": b["train_seconds"] <= TARGET_SECONDS,
-    }
-    checks.update({f"{name} training <= {TARGET_SECONDS // 60} min": r["train_seconds"] <= TARGET_SECONDS
-                   for name, r in results.items() if name != best})
-    for check, ok in checks.items():
-        print(f"  [{'ok' if ok else 'MISSED'}] {check}")
-    return {"models": results, "best": best, "targets": checks}
+    print(f"best validation accuracy: {best} ({results[best]['validation_accuracy']:.4f})")
+    return {"models": results, "best": best}
 
 
 def train_pairs_arg(text: str) -> dict[str, int]:

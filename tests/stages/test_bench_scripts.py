@@ -39,7 +39,7 @@ def test_classify_sst2_bench_reports_both_runs(tmp_path):
     for run in (ours, plain):
         assert 0.0 <= run["dev_accuracy"] <= 1.0 and run["train_samples_per_second"] > 0
     assert results["speedup_train"] == pytest.approx(ours["train_samples_per_second"] / plain["train_samples_per_second"])
-    assert set(results["targets"]) == {"dev accuracy >= 0.9", "training <= 20 min", "faster than the plain Trainer"}
+    assert "targets" not in results and "MISSED" not in proc.stdout  # figures and ratios only, no verdicts
     assert "alignment.classify" in proc.stdout and "plain Trainer" in proc.stdout
 
 
@@ -56,7 +56,7 @@ def test_rm_hh_bench_scores_the_held_out_split(tmp_path):
         with gzip.open(tmp_path / "hh" / subset / "test.jsonl.gz", "wt", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in subset_rows)
     out = tmp_path / "results.json"
-    run_bench("rm_hh.py", str(tmp_path / "hh"), "--models", "minilm", "--max-pairs", "80", "--max-length", "48",
+    proc = run_bench("rm_hh.py", str(tmp_path / "hh"), "--models", "minilm", "--max-pairs", "80", "--max-length", "48",
               "--epochs", "1", "--work", str(tmp_path / "work"), "--out", str(out))
 
     results = json.loads(out.read_text())
@@ -66,4 +66,4 @@ def test_rm_hh_bench_scores_the_held_out_split(tmp_path):
     assert minilm["train_pairs"] in (71, 72)  # the other 72, less the identical pair if the sample drew it
     assert minilm["settings"]["max_length"] == 48
     assert 0.0 <= minilm["validation_accuracy"] <= 1.0 and minilm["pairs_per_second"] > 0
-    assert any("better model (minilm) validation accuracy" in check for check in results["targets"])
+    assert f"best validation accuracy: minilm ({minilm['validation_accuracy']:.4f})" in proc.stdout
