@@ -106,6 +106,7 @@ def run_ours(variant: str, updates: int, out: Path) -> dict:
         "learning_rate": WORK["learning_rate"], "lr_scheduler_type": "constant", "kl_coef": WORK["kl_coef"],
         "total_steps": updates, "save_steps": 10_000, "seed": WORK["seed"], "output_dir": str(out / "run"),
         "normalize_rewards": "false" if estimator != "gae" else "true",
+        "missing_eos_penalty": "null",  # trl's trainers score cut completions as they are
         **({"value_model": "head"} if estimator == "gae" else {}),
     }
     trainer = PPOTrainer.from_recipe([x for k, v in flags.items() for x in (f"--{k}", str(v))])

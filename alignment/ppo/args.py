@@ -150,7 +150,11 @@ class PPOConfig:
     )
     whiten_rewards: bool = field(default=False, metadata=_help("Whiten the per-token rewards of each batch (scale only)."))
     missing_eos_penalty: float | None = field(
-        default=None, metadata=_help("Penalty for responses cut at response_length without EOS (null: none).")
+        default=1.0,  # a cut answer is never scored as if it had ended; recipes with short response_length on purpose set null
+        metadata=_help(
+            "Taken off the score of a response cut at response_length without EOS, in units of the score as it enters "
+            "the reward (one standard deviation with normalize_rewards); null: cut responses are scored as they are."
+        ),
     )
     missing_eos_mode: Literal["subtract", "replace"] = field(
         default="subtract", metadata=_help("subtract the penalty from the score, or replace the score by -penalty.")
@@ -183,8 +187,8 @@ class PPOConfig:
         self.rewards = parse_reward_terms(self.rewards)
         if sum((self.reward_model is not None, self.reward_function is not None, bool(self.rewards))) != 1:
             raise ValueError("set exactly one of reward_model (a run folder or checkpoint), reward_function and rewards (a list)")
-        for key in ("kl_coef", "vf_coef", "ent_coef", "max_grad_norm", "weight_decay", "warmup_ratio"):
-            if getattr(self, key) < 0:
+        for key in ("kl_coef", "vf_coef", "ent_coef", "max_grad_norm", "weight_decay", "warmup_ratio", "missing_eos_penalty"):
+            if (getattr(self, key) or 0) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         positive = ("learning_rate", "cliprange", "cliprange_value", "kl_target", "kl_horizon", "response_length", "batch_size",
                     "ppo_epochs", "num_mini_batches", "gradient_accumulation_steps", "total_steps", "num_generations")

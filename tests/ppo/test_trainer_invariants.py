@@ -49,8 +49,34 @@ def test_rollout_kl_is_policy_minus_reference_log_probs(tiny_llama_dir, tmp_path
     # the shaped per-token reward is -kl_coef * (log pi - log pi_ref), plus the raw score at the last token
     last = rollout.mask.sum(-1).long() - 1
     penalty = rollout.rewards.clone()
-    penalty[torch.arange(len(PROMPTS)), last] -= rollout.scores
+    penalty[torch.arange(len(PROMPTS)), last] -= rollout.scores - 1.0 * ~rollout.has_eos  # default missing_eos_penalty
     torch.testing.assert_close(penalty, -0.5 * (policy - reference) * rollout.mask, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("penalty", [None, 1.0, 2.5])
+def test_a_response_cut_without_eos_loses_the_missing_eos_penalty_by_default(tiny_llama_dir, tmp_path, penalty):
+    """Responses cut at response_length are not scored as if they had ended: by default each loses 1 (in units of
+    the score as it enters the reward); null turns it off."""
+    keys = {"missing_eos_penalty": "null" if penalty is None else penalty} if penalty != 1.0 else {}
+    trainer = make_trainer(tiny_llama_dir, tmp_path, f"eos-{penalty}", normalize_rewards="false",
+                           sampler_check_tolerance="null", **keys)  # the edited tokens are not the sampler's
+    assert trainer.config.missing_eos_penalty == penalty
+    eos = trainer.tokenizer.eos_token_id
+    torch.manual_seed(0)
+    real_sample = trainer.sample
+
+    def half_end_with_eos(query, with_logprobs=False):
+        out = real_sample(query, with_logprobs)
+        ids = out[0] if with_logprobs else out
+        ids[::2, 1] = eos  # rows 0 and 2 end at their second token; rows 1 and 3 run to the limit
+        ids[1::2] = torch.where(ids[1::2] == eos, eos + 1, ids[1::2])
+        return out
+
+    trainer.sample = half_end_with_eos
+    rollout, _ = trainer.rollout(PROMPTS)
+    assert rollout.has_eos.tolist() == [True, False, True, False]
+    expected = rollout.scores - (penalty or 0.0) * (~rollout.has_eos).float()
+    torch.testing.assert_close(rollout.score_terms, expected, atol=1e-5, rtol=0)
 
 
 def record_gradients(trainer: PPOTrainer) -> list[dict[str, torch.Tensor]]:
