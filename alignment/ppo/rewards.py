@@ -4,6 +4,9 @@ built by :func:`alignment.rewards.reward_source`, summed with their weights by a
 
 The one shortcut of its own: a LoRA reward model trained on the policy's base (an ``alignment.rm`` run folder) is
 loaded as a third adapter on the shared base (``reward_adapter: true``, the default), so no second model is held.
+It reads the rollout's own token ids (``token_ids=``) when the prompts went through the same chat template it was
+trained with, so what it scores is what the policy sampled: no decode and re-encode, and a response cut without EOS
+stays an unfinished turn instead of being closed by the template.
 """
 
 from __future__ import annotations
@@ -26,21 +29,40 @@ def shares_base(path: str, policy_base: str | None) -> bool:
     return peft_type == "LORA" and read_meta(path).get("base_model") == policy_base
 
 
-def adapter_reward(path: str, actor_critic, config: PPOConfig) -> RewardSource:
+def turn_suffix(tokenizer) -> list[int] | None:
+    """What the chat template writes after an assistant turn's EOS (e.g. a newline), or None when the template does
+    not end the turn with the tokenizer's EOS (then token ids cannot stand in for the rendered text)."""
+    ids = encode(tokenizer, "x", "y", max_length=10**6)
+    eos = tokenizer.eos_token_id
+    if eos not in ids:
+        return None
+    return ids[len(ids) - ids[::-1].index(eos):]
+
+
+def adapter_reward(path: str, actor_critic, config: PPOConfig, policy_tokenizer) -> RewardSource:
     meta = read_meta(path)
     actor_critic.add_reward_adapter(path)
     tokenizer = load_tokenizer(path)
     settings = encoding_settings(meta)
+    same_encoding = (
+        config.use_chat_template and tokenizer.chat_template is not None and settings["prompt_turns"] is None
+        and tokenizer.get_vocab() == policy_tokenizer.get_vocab() and tokenizer.chat_template == policy_tokenizer.chat_template
+    )
+    suffix = turn_suffix(tokenizer) if same_encoding else None
 
-    def score(prompts: list[Prompt], responses: list[str], **_) -> list[float]:
-        ids = [encode(tokenizer, p, r, **settings) for p, r in zip(prompts, responses)]
+    def score(prompts: list[Prompt], responses: list[str], token_ids: list[list[int]] | None = None, **_) -> list[float]:
+        if token_ids is not None and suffix is not None:
+            eos = tokenizer.eos_token_id
+            ids = [(t + suffix if t and t[-1] == eos else t)[-settings["max_length"]:] for t in token_ids]
+        else:
+            ids = [encode(tokenizer, p, r, **settings) for p, r in zip(prompts, responses)]
         return actor_critic.reward_scores(ids, tokenizer.pad_token_id, config.reward_batch_size)
 
     stats = meta.get("reward_stats") or {}
     return RewardSource(score, f"reward adapter {path} (shared base)", stats.get("mean"), stats.get("std"))
 
 
-def load_reward(config: PPOConfig, actor_critic, policy_base: str | None, device) -> WeightedReward:
+def load_reward(config: PPOConfig, actor_critic, policy_base: str | None, device, policy_tokenizer=None) -> WeightedReward:
     """The recipe's reward terms as scorers (see the module docstring)."""
     terms = []
     for term in config.reward_terms():
@@ -51,7 +73,7 @@ def load_reward(config: PPOConfig, actor_critic, policy_base: str | None, device
                 raise RecipeError(f"reward {path} is a classifier with labels {labels}: name the rewarded one "
                                   f"(reward_label, or spec {path}#LABEL)")
             if config.reward_adapter and shares_base(path, policy_base):
-                terms.append((term, adapter_reward(path, actor_critic, config)))
+                terms.append((term, adapter_reward(path, actor_critic, config, policy_tokenizer)))
                 continue
         source = reward_source(term.spec, kwargs=term.kwargs, device=device, batch_size=config.reward_batch_size,
                                classifier_text=config.classifier_text)

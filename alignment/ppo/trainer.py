@@ -171,7 +171,9 @@ class PPOTrainer:
         actor_critic.eval()  # dropout off for good: rollouts and updates must see the same policy
         if config.gradient_checkpointing:
             actor_critic.enable_gradient_checkpointing()  # updates then run in training mode, dropout zeroed
-        self.reward: WeightedReward = load_reward(config, actor_critic, getattr(policy, "alignment_base_model", None), accelerator.device)
+        self.reward: WeightedReward = load_reward(
+            config, actor_critic, getattr(policy, "alignment_base_model", None), accelerator.device, self.tokenizer
+        )
         self.columns = [c for c in self.prompts[0] if c != "prompt"]
         optimizer = torch.optim.AdamW(
             actor_critic.trainable_parameters(), lr=config.learning_rate, eps=config.adam_epsilon, weight_decay=config.weight_decay
@@ -403,7 +405,8 @@ class PPOTrainer:
         if not self.sampler_checked:
             self.check_sampler(sampler_logp, logp, mask)
         responses = self.decode(response_ids, mask)
-        raw = self.reward.components(prompts, responses, **(columns or {}))
+        token_ids = [ids[keep.bool()].tolist() for ids, keep in zip(input_ids, attention_mask)]  # prompt + response
+        raw = self.reward.components(prompts, responses, token_ids=token_ids, **(columns or {}))
         components = {name: torch.tensor(x, dtype=torch.float32, device=mask.device) for name, x in raw.items()}
         scores = torch.as_tensor(self.reward.total(raw), dtype=torch.float32, device=mask.device)
         has_eos = (response_ids == tok.eos_token_id).any(dim=-1)

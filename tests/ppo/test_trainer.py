@@ -159,3 +159,35 @@ def test_the_sampler_ignores_the_checkpoints_sampling_options(llama_with_samplin
     trainer.generation_config.top_k = 5  # a sampler that is another policy
     with pytest.raises(AlignmentError, match="the sampler is not the policy being trained"):
         trainer.rollout(PROMPTS)
+
+
+def test_reward_adapter_reads_the_rollout_token_ids_under_the_chat_template(folders):
+    """With the chat template the reward adapter scores the sampled ids themselves: a finished answer scores as its
+    rendered text does, and an answer cut without EOS stays an unfinished turn (the text path would close it)."""
+    chat = PPOTrainer.from_recipe([
+        "--model_name_or_path", str(folders / "sft"), "--method", "qlora", "--lora_r", "4",
+        "--lora_target_modules", "[q_proj, v_proj]", "--dataset_path", str(folders / "prompts.jsonl"),
+        "--reward_model", str(folders / "rm"), "--batch_size", "4", "--num_mini_batches", "1", "--ppo_epochs", "1",
+        "--response_length", "6", "--use_chat_template", "true",
+        "--output_dir", str(folders / "run-chat"), "--use_cpu", "true", "--bf16", "false",
+    ])
+    tok, source = chat.tokenizer, chat.reward.terms[0][1]
+    prompt, answer = PROMPTS[0], "I loved every minute of it."
+    query = chat.encode_prompts([prompt])
+    prompt_ids = query["input_ids"][0][query["attention_mask"][0].bool()].tolist()
+    answer_ids = tok(answer, add_special_tokens=False)["input_ids"]
+    finished, cut = prompt_ids + answer_ids + [tok.eos_token_id], prompt_ids + answer_ids[:3]
+    as_text = source.score([prompt, prompt], [answer, tok.decode(answer_ids[:3])])
+    as_ids = source.score([prompt, prompt], [answer, tok.decode(answer_ids[:3])], token_ids=[finished, cut])
+    assert as_ids[0] == pytest.approx(as_text[0], abs=1e-3)
+    assert abs(as_ids[1] - as_text[1]) > 1e-3
+
+    seen = {}
+    real = source.score
+    source.score = lambda p, r, **kw: seen.update(kw) or real(p, r, **kw)
+    torch.manual_seed(0)
+    rollout, _ = chat.rollout(PROMPTS)
+    keep = rollout.attention_mask.bool()
+    assert seen["token_ids"] == [ids[k].tolist() for ids, k in zip(rollout.input_ids, keep)]
+    del chat
+    gc.collect()
