@@ -1,5 +1,9 @@
-"""``python -m annotation_ui [--db annotations.db] [--host 127.0.0.1] [--port 7860]``
-or ``python -m annotation_ui users add NAME --role rater|admin [--password P] [--db ...]``."""
+"""Serve the annotation app (no command: ``--db --host --port``) or run an admin command.
+
+    python -m annotation_ui --db annotations.db --port 7860
+    python -m annotation_ui users add NAME --role admin --db annotations.db
+    python -m annotation_ui COMMAND --help
+"""
 
 from __future__ import annotations
 
@@ -8,29 +12,20 @@ import sys
 from collections.abc import Sequence
 
 from alignment.annotations import AnnotationStore, cli
-from alignment.errors import AlignmentError
+
+
+def serve_app(store: AnnotationStore, args: argparse.Namespace) -> None:
+    """Serve the app over ``store`` (Gradio is imported only here: admin commands start fast)."""
+    if not store.users():
+        print(f"note: no users yet; add one: python -m annotation_ui users add NAME --role admin --db {args.db}")
+    from annotation_ui.app import serve
+
+    serve(store, host=args.host, port=args.port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["users"]:
-        return cli.main(argv)
-    parser = argparse.ArgumentParser(prog="python -m annotation_ui", description=__doc__)
-    cli.add_db_argument(parser)
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=7860)
-    args = parser.parse_args(argv)
-    try:
-        store = AnnotationStore(args.db)
-        if not store.users():
-            print(f"note: no users yet; add one: python -m annotation_ui users add NAME --role admin --db {args.db}")
-    except AlignmentError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    from annotation_ui.app import serve  # gradio is slow to import: only when serving
-
-    serve(store, host=args.host, port=args.port)
-    return 0
+    parser = cli.build_parser("python -m annotation_ui", serve=serve_app, description=__doc__)
+    return cli.main(argv, parser)
 
 
 if __name__ == "__main__":

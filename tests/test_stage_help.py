@@ -13,6 +13,7 @@ STAGES = {
     "alignment.sft": ["--dataset_path", "--max_length", "--learning_rate", "--lora_r"],
     "alignment.rm": ["--prompt_turns", "--max_length", "--extra_columns"],
     "alignment.dpo": ["--beta", "--eval_prompts", "--gold_reward"],
+    "alignment.kto": ["--desirable_weight", "--undesirable_weight", "--beta", "--loss_type", "--eval_prompts"],
     "alignment.classify.stage": ["--baseline", "--label_column", "--pooling"],
     "alignment.ppo.__main__": ["--advantage_estimator", "--num_generations", "--rewards", "--kl_in", "--extra_columns"],
     "alignment.grpo": ["--advantage_estimator", "--loss_aggregation"],

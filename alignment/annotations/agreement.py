@@ -4,7 +4,8 @@ A *unit* is one candidate pair of one task; each rater who judged the task (not 
 nominal value: +1 (first candidate better), -1 (second better) or 0 (tie; pairwise "both_bad" counts
 as a tie). Agreement is measured over units with at least two raters:
 
-- pairwise agreement rate: the share of rater pairs on a unit that gave the same value;
+- pairwise agreement rate: the share of rater pairs on a unit that gave the same value, with a 95%
+  percentile bootstrap interval (units resampled with replacement, 1000 resamples, seeded);
 - Krippendorff's alpha, **nominal** level (1 = perfect, 0 = chance, < 0 worse than chance).
 """
 
@@ -39,6 +40,27 @@ def pairwise_agreement(units: Iterable[Sequence[Hashable]]) -> float | None:
             total += 1
             agree += x == y
     return agree / total if total else None
+
+
+def pairwise_agreement_ci(
+    units: Iterable[Sequence[Hashable]], resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> list[float] | None:
+    """[lo, hi]: percentile bootstrap interval of ``pairwise_agreement`` over units; None without rater pairs."""
+    counts = [
+        (sum(x == y for x, y in combinations(values, 2)), len(values) * (len(values) - 1) // 2) for values in units
+    ]
+    counts = [c for c in counts if c[1]]
+    if not counts:
+        return None
+    agree, total = np.array(counts, dtype=float).T
+    rng = np.random.default_rng(seed)
+    batch = max(1, 1_000_000 // len(counts))  # resamples per draw: at most ~10^6 indices in memory
+    rates = []
+    for start in range(0, resamples, batch):
+        picks = rng.integers(0, len(counts), size=(min(batch, resamples - start), len(counts)))
+        rates.append(agree[picks].sum(axis=1) / total[picks].sum(axis=1))
+    lo, hi = np.quantile(np.concatenate(rates), [(1 - level) / 2, (1 + level) / 2])
+    return [float(lo), float(hi)]
 
 
 def krippendorff_alpha_nominal(units: Iterable[Sequence[Hashable]]) -> float | None:
@@ -112,7 +134,8 @@ def bradley_terry(comparisons: Iterable[tuple[Hashable, Hashable]], l2: float = 
 
 
 def report(records: Sequence[JudgementRecord], candidates: dict[int, Candidate]) -> dict[str, Any]:
-    """The admin report: agreement, alpha (nominal), gold accuracy, Bradley-Terry per policy and candidate."""
+    """The admin report: agreement (and its CI), alpha (nominal), gold accuracy, Bradley-Terry per policy and
+    candidate."""
     judged = [r for r in records if not r.skipped]
     units = [list(v.values()) for v in pair_units(judged).values() if len(v) >= 2]
     wins = [(chosen, rejected) for r in judged for chosen, rejected, _ in r.preferences()]
@@ -125,6 +148,7 @@ def report(records: Sequence[JudgementRecord], candidates: dict[int, Candidate])
         "skips": len(records) - len(judged),
         "units_with_2_or_more_raters": len(units),
         "pairwise_agreement": pairwise_agreement(units),
+        "pairwise_agreement_ci": pairwise_agreement_ci(units),
         "krippendorff_alpha": krippendorff_alpha_nominal(units),
         "krippendorff_alpha_level": "nominal",
         "gold_accuracy": gold_accuracy(judged),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import combinations
 
 STRENGTH_MARGIN: dict[str, float] = {"slightly": 1.0, "clearly": 2.0, "much": 3.0}
@@ -21,7 +22,8 @@ class Candidate:
 class JudgementRecord:
     """One rater's current (not undone) judgement of one task, in canonical candidate ids.
 
-    ``ranks`` maps candidate id -> rank (1 = best, ties share a rank); empty for a skip.
+    ``ranks`` maps candidate id -> rank (1 = best, ties share a rank); empty for a skip and for a rating
+    task, whose answer is ``rating`` on the ``rating_scale`` of its one candidate ``candidate_ids[0]``.
     A pairwise "tie" or "both_bad" is stored as both candidates at rank 1.
     """
 
@@ -37,6 +39,14 @@ class JudgementRecord:
     strength: str | None
     ranks: dict[int, int]
     skipped: bool
+    task_set: str = "default"
+    candidate_ids: tuple[int, ...] = ()
+    rating: int | None = None
+    rating_scale: str | None = None
+    rationale: str = ""
+    flags: tuple[str, ...] = ()
+    seconds: float = 0.0
+    created_at: datetime | None = None
 
     def outcome(self, first: int, second: int) -> int:
         """+1 when ``first`` is preferred, -1 when ``second`` is, 0 for a tie."""

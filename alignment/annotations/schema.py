@@ -2,11 +2,18 @@
 
 The schema version lives in the one-row table ``schema_version``. ``ensure_schema`` creates a new
 database at ``CURRENT_VERSION`` or upgrades an older one step by step; each step is a function of
-``MIGRATIONS`` that only adds (tables, nullable or defaulted columns), so old rows stay valid.
+``MIGRATIONS`` that keeps every row: it adds tables and nullable or defaulted columns, and where a
+constraint changes it rebuilds the table around the same rows.
 
 Version history:
   1: prompts, candidates, tasks, task_candidates, users, reservations, judgements.
   2: users.failed_logins + users.locked_until (login lockout), judgement_history (edits and undos).
+  3: judgement ids never reused (AUTOINCREMENT); an undo marks judgements.withdrawn_at instead of deleting,
+     so one (task, user) may hold withdrawn rows plus at most one current row (a partial unique index);
+     judgements.rating and tasks.task_set/instructions/rating_scale (the "rating" kind); users.quota and
+     users.removed_at; app_settings (project guidelines); login_throttle (per pair/address/account backoff,
+     replacing users.failed_logins/locked_until, which stay but are no longer read).
+     On SQLite the judgements table is rebuilt (constraints change); everything else only adds.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    Index,
     UniqueConstraint,
     insert,
     inspect,
@@ -37,7 +45,7 @@ from sqlalchemy.schema import CreateColumn
 
 from alignment.errors import DataError
 
-CURRENT_VERSION = 2
+CURRENT_VERSION = 3
 
 metadata = MetaData()
 
@@ -71,11 +79,14 @@ tasks = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("prompt_id", ForeignKey("prompts.id"), nullable=False, index=True),
-    Column("kind", String(16), nullable=False),  # "pairwise" | "ranking"
+    Column("kind", String(16), nullable=False),  # "pairwise" | "ranking" | "rating"
     Column("judgements_needed", Integer, nullable=False),
     Column("is_gold", Boolean, nullable=False, default=False),
     Column("gold_ranks", JSON),  # {candidate_id (str): rank}, 1 = best; gold tasks only
     Column("created_at", DateTime, nullable=False),
+    Column("task_set", String(200), nullable=False, server_default="default"),  # v3
+    Column("instructions", Text),  # v3: markdown shown with the task
+    Column("rating_scale", String(16)),  # v3: rating tasks: "binary" (0 | 1) | "likert5" (1..5)
 )
 
 task_candidates = Table(
@@ -94,9 +105,11 @@ users = Table(
     Column("name", String(200), nullable=False, unique=True),
     Column("role", String(16), nullable=False),  # "rater" | "admin"
     Column("password_hash", String(400), nullable=False),
-    Column("failed_logins", Integer, nullable=False, server_default="0"),  # v2
-    Column("locked_until", DateTime),  # v2
+    Column("failed_logins", Integer, nullable=False, server_default="0"),  # v2; unread since v3
+    Column("locked_until", DateTime),  # v2; unread since v3
     Column("created_at", DateTime, nullable=False),
+    Column("quota", Integer),  # v3: most judgements (skips included) this user is served; None: no limit
+    Column("removed_at", DateTime),  # v3: a removed user cannot log in and keeps their judgements
 )
 
 reservations = Table(
@@ -128,7 +141,18 @@ judgements = Table(
     Column("seconds", Float, nullable=False, default=0.0),
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
-    UniqueConstraint("task_id", "user_id"),
+    Column("withdrawn_at", DateTime),  # v3: set by an undo; rows with NULL here are the current judgements
+    Column("rating", Integer),  # v3: rating tasks
+    sqlite_autoincrement=True,  # v3: ids of withdrawn or old rows are never handed out again
+)
+CURRENT_JUDGEMENT = judgements.c.withdrawn_at.is_(None)
+Index(
+    "uq_judgements_current_task_user",
+    judgements.c.task_id,
+    judgements.c.user_id,
+    unique=True,
+    sqlite_where=CURRENT_JUDGEMENT,
+    postgresql_where=CURRENT_JUDGEMENT,
 )
 
 judgement_history = Table(  # v2
@@ -142,6 +166,22 @@ judgement_history = Table(  # v2
     Column("event", String(16), nullable=False),  # "edit" | "undo"
     Column("snapshot", JSON, nullable=False),  # the judgement row before the event
     Column("recorded_at", DateTime, nullable=False),
+)
+
+app_settings = Table(  # v3
+    "app_settings",
+    metadata,
+    Column("key", String(100), primary_key=True),  # "guidelines"
+    Column("value", Text, nullable=False),
+)
+
+login_throttle = Table(  # v3
+    "login_throttle",
+    metadata,
+    Column("key", String(400), primary_key=True),  # "pair:<name>@<address>" | "address:<address>" | "account:<name>"
+    Column("failures", Integer, nullable=False),  # failed logins in a row
+    Column("blocked_until", DateTime),
+    Column("updated_at", DateTime, nullable=False),
 )
 
 
@@ -158,7 +198,57 @@ def _v1_to_v2(conn: Connection) -> None:
     judgement_history.create(conn)
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
+def _v2_to_v3(conn: Connection) -> None:
+    for column in (
+        tasks.c.task_set,
+        tasks.c.instructions,
+        tasks.c.rating_scale,
+        users.c.quota,
+        users.c.removed_at,
+    ):
+        _add_column(conn, column)
+    app_settings.create(conn)
+    login_throttle.create(conn)
+    if conn.dialect.name == "sqlite":
+        _rebuild_sqlite_judgements(conn)
+    else:
+        _add_column(conn, judgements.c.withdrawn_at)
+        _add_column(conn, judgements.c.rating)
+        for constraint in inspect(conn).get_unique_constraints("judgements"):
+            if sorted(constraint["column_names"]) == ["task_id", "user_id"]:
+                conn.execute(text(f'ALTER TABLE judgements DROP CONSTRAINT "{constraint["name"]}"'))
+        for index in judgements.indexes:
+            if index.unique:
+                index.create(conn)
+
+
+def _rebuild_sqlite_judgements(conn: Connection) -> None:
+    """Re-create judgements with the v3 constraints around the same rows (same ids).
+
+    The AUTOINCREMENT counter starts above every id a judgement ever had, including v2 rows that an undo
+    deleted and that only judgement_history still names.
+    """
+    old_indexes = conn.execute(
+        text("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'judgements' AND sql IS NOT NULL")
+    ).scalars()
+    for name in list(old_indexes):
+        conn.execute(text(f'DROP INDEX "{name}"'))
+    conn.execute(text("ALTER TABLE judgements RENAME TO judgements_v2"))
+    judgements.create(conn)
+    kept = ", ".join(c.name for c in judgements.columns if c.name not in ("withdrawn_at", "rating"))
+    conn.execute(text(f"INSERT INTO judgements ({kept}) SELECT {kept} FROM judgements_v2"))
+    conn.execute(text("DROP TABLE judgements_v2"))
+    highest = conn.scalar(
+        text(
+            "SELECT max(coalesce((SELECT max(id) FROM judgements), 0),"
+            " coalesce((SELECT max(judgement_id) FROM judgement_history), 0))"
+        )
+    )
+    conn.execute(text("DELETE FROM sqlite_sequence WHERE name = 'judgements'"))
+    conn.execute(text("INSERT INTO sqlite_sequence (name, seq) VALUES ('judgements', :seq)"), {"seq": highest})
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def ensure_schema(conn: Connection, where: str) -> int:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Literal, get_args
 
-Task = Literal["classification", "sft", "preference", "prompts"]
+Task = Literal["classification", "sft", "preference", "feedback", "prompts"]
 TASKS: tuple[str, ...] = get_args(Task)
 DataFormat = Literal[
-    "auto", "classification", "text", "prompt", "prompt_completion", "messages", "alpaca", "preference", "hh", "ranking"
+    "auto", "classification", "text", "prompt", "prompt_completion", "messages", "alpaca", "preference", "hh", "ranking",
+    "feedback",
 ]
 
 
@@ -53,11 +54,12 @@ class DataArguments:
             "help": "Row format: auto (detected from the columns), classification (text, label), text, "
             "prompt (prompts only), prompt_completion, messages, alpaca (instruction, input, output), "
             "preference (prompt, chosen, rejected[, margin]), hh (HH-RLHF chosen/rejected transcripts), "
-            "ranking (prompt, completions, ranks; lower rank is better)."
+            "ranking (prompt, completions, ranks; lower rank is better), "
+            "feedback (prompt, completion, label: true for a desirable completion, false for an undesirable one)."
         },
     )
     text_column: str = _column("text", "the text")
-    label_column: str = _column("label", "the class label (a name or an integer id)")
+    label_column: str = _column("label", "the class label (a name or an integer id), or feedback's true/false")
     prompt_column: str = _column("prompt", "the prompt (a string or a list of messages)")
     completion_column: str = _column("completion", "the completion (a string or a list of messages)")
     messages_column: str = _column(
@@ -125,7 +127,7 @@ class DataArguments:
     )
     validation_split: float = field(
         default=0.0,
-        metadata={"help": "Fraction of the training rows held out for validation (stratified for classification)."},
+        metadata={"help": "Fraction of the training rows held out for validation (stratified by label for classification and feedback)."},
     )
     test_split: float = field(default=0.0, metadata={"help": "Fraction of the training rows held out for testing."})
     split_seed: int = field(

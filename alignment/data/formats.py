@@ -5,6 +5,8 @@ Normalised schemas (trl's dataset formats):
 - sft: text | prompt + completion | messages (a list of {"role", "content"})
 - preference: prompt, chosen, rejected[, margin]; all strings, or all conversational (prompt a message list,
   chosen/rejected assistant message lists)
+- feedback: prompt, completion, label (a bool: desirable or not); strings, or conversational (prompt a message list,
+  completion an assistant message list)
 - prompts: prompt (a string or a message list)
 """
 
@@ -28,6 +30,7 @@ FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
     "preference": ("prompt", "chosen", "rejected"),
     "hh": ("chosen", "rejected"),
     "alpaca": ("instruction", "output"),
+    "feedback": ("prompt", "completion", "label"),
     "prompt_completion": ("prompt", "completion"),
     "messages": ("messages",),
     "classification": ("text", "label"),
@@ -38,6 +41,7 @@ TASK_FORMATS: dict[str, tuple[str, ...]] = {
     "classification": ("classification",),
     "sft": ("text", "prompt_completion", "messages", "alpaca"),
     "preference": ("preference", "hh", "ranking"),
+    "feedback": ("feedback",),
     "prompts": ("prompt", "prompt_completion", "preference", "hh", "ranking", "messages", "alpaca", "text"),
 }
 SHAREGPT_MESSAGES_COLUMN = "conversations"
@@ -47,6 +51,7 @@ HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 HH_ASSISTANT = "\n\nAssistant:"
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 INTEGER = re.compile(r"-?\d+")
+BOOLEAN_TEXT = {"true": True, "false": False}  # how a CSV/TSV cell holds a feedback label
 
 
 @dataclass
@@ -173,6 +178,9 @@ class RowView:
     def number(self, name: str) -> float:
         return to_number(self.get(name), self.columns[name])
 
+    def boolean(self, name: str) -> bool:
+        return to_bool(self.get(name), self.columns[name])
+
     def prompt(self) -> str | list[dict]:
         """The prompt column, or the conversation when there is no prompt column (ShareGPT preference rows)."""
         if not self.has("prompt") and self.has("messages"):
@@ -239,6 +247,17 @@ def to_number(value: object, column: str) -> float:
     return number
 
 
+def to_bool(value: object, column: str) -> bool:
+    """A bool from a JSON boolean or the text true/false (any case). Numbers are refused: a rating is not a label."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in BOOLEAN_TEXT:
+        return BOOLEAN_TEXT[value.strip().lower()]
+    raise BadRow(
+        f"column '{column}' must be true (desirable) or false (undesirable), got {type_name(value)} {value!r}"
+    )
+
+
 def _classification(view: RowView, spec: RowSpec) -> list[dict]:
     text, label = view.string("text"), view.get("label")
     column = view.columns["label"]
@@ -262,6 +281,11 @@ def _prompt_completion(view: RowView, spec: RowSpec) -> list[dict]:
     if isinstance(prompt, list) or isinstance(completion, list):
         prompt, completion = _as_turns(prompt, "user"), _as_turns(completion, "assistant")
     return [{"prompt": prompt, "completion": completion}]
+
+
+def _feedback(view: RowView, spec: RowSpec) -> list[dict]:
+    (row,) = _prompt_completion(view, spec)
+    return [{**row, "label": view.boolean("label")}]
 
 
 def _messages(view: RowView, spec: RowSpec) -> list[dict]:
@@ -406,6 +430,7 @@ NORMALISERS: dict[str, Callable[[RowView, RowSpec], list[dict]]] = {
     "classification": _classification,
     "text": _text,
     "prompt_completion": _prompt_completion,
+    "feedback": _feedback,
     "messages": _messages,
     "alpaca": _alpaca,
     "preference": _preference,

@@ -34,6 +34,7 @@ from alignment.data.steps import (
     clean,
     duplicate_key,
     empty_columns,
+    feedback_counts,
     label_counts,
     sample,
     seeded,
@@ -48,6 +49,7 @@ ENTRY_ALIASES = {"format": "data_format", "config": "dataset_config"}
 ENTRY_OWN_KEYS = ("path", "split", "weight", "rows")  # the other entry keys override top-level keys
 ENTRY_KEYS = (*ENTRY_OWN_KEYS, *ENTRY_ALIASES, *SOURCE_FIELDS)
 SHOWN_LOCATIONS = 3
+LABELLED_TASKS = ("classification", "feedback")  # held-out splits keep their label proportions
 
 
 @dataclass
@@ -81,7 +83,8 @@ class _Run:
 
 
 def load_data(args: DataArguments, task: Task) -> PreparedData:
-    """Reads, normalises and prepares the data of a recipe for a task (classification, sft, preference, prompts).
+    """Reads, normalises and prepares the data of a recipe for a task (classification, sft, preference, feedback,
+    prompts).
 
     Raises RecipeError for invalid keys, DataError for unreadable sources and (with on_bad_rows: error) bad rows.
     """
@@ -426,7 +429,7 @@ def _split_by_ratio(splits: dict[str, list[Row]], args: DataArguments, task: str
         elif ratio:
             ratios[name] = ratio
     if ratios:
-        parts, how = split_rows(splits["train"], ratios, args.split_seed, stratify=task == "classification")
+        parts, how = split_rows(splits["train"], ratios, args.split_seed, stratify=task in LABELLED_TASKS)
         splits.update(parts)
         sizes = ", ".join(f"{name} {len(rows)}" for name, rows in parts.items())
         run.report.append(f"split (seed {args.split_seed}, {how}): {sizes}")
@@ -454,5 +457,7 @@ def _datasets(splits: dict[str, list[Row]], names: list[str] | None, run: _Run) 
             run.report.append(f"{name}: no rows left, so there is no {name} split")
     sizes = ", ".join(f"{name} {len(dataset)}" for name, dataset in result.items())
     labels = f"; training labels: {label_counts(splits['train'], names)}" if names else ""
+    if run.task == "feedback":
+        labels = f"; training labels: {feedback_counts(splits['train'])}"
     run.report.append(f"result: {sizes} rows{labels}")
     return result

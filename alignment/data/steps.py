@@ -166,6 +166,11 @@ def _hold_out(
         return sorted(keep), sorted(held), f"cannot stratify: {error}"
 
 
+def feedback_counts(rows: list[Row]) -> str:
+    desirable = sum(row.data["label"] for row in rows)
+    return f"{desirable} desirable, {len(rows) - desirable} undesirable"
+
+
 def label_counts(rows: list[Row], names: list[str]) -> str:
     counts = Counter(row.data["label"] for row in rows)
     return ", ".join(f"{name} {counts[index]}" for index, name in enumerate(names))

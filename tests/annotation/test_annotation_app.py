@@ -38,7 +38,7 @@ def test_a_rater_logs_in_fetches_submits_and_the_row_is_stored(app):
     args = (view["task_id"], submission, None, None, ranks, "red first", ["off_topic"], False, 4.0)
     result = alice.predict(*args, api_name="/submit")
     assert alice.predict(*args, api_name="/submit")["judgement_id"] == result["judgement_id"]  # idempotent
-    assert result["progress"] == {"rater": "alice", "done": 1, "remaining": 1, "total": 2}
+    assert result["progress"] == {"rater": "alice", "done": 1, "skipped": 0, "remaining": 1, "quota": None, "total": 2}
     with sqlite3.connect(db) as conn:
         rows = conn.execute("select submission_id, rationale, flag_off_topic, seconds from judgements").fetchall()
     assert rows == [(submission, "red first", 1, 4.0)]
@@ -66,7 +66,7 @@ def test_a_rater_cannot_export_or_read_other_raters_work(app):
             alice.predict(*args, api_name=endpoint)
     assert alice.predict(api_name="/my_judgements") == []
     other = store.next_task("bob")  # bob's pairwise task, never served to alice
-    with pytest.raises(AppError, match="not served to 'alice'"):
+    with pytest.raises(AppError, match="not served to you"):
         alice.predict(other.task_id, str(uuid.uuid4()), "A", "much", None, "", [], False, 1.0, api_name="/submit")
     with pytest.raises(AppError, match="not assigned to 'alice'"):
         alice.predict(other.task_id, api_name="/task_for_edit")
@@ -76,13 +76,15 @@ def test_a_rater_cannot_export_or_read_other_raters_work(app):
 
 
 def test_failed_logins_are_refused_and_lock_the_account(app):
-    _, url, _ = app
+    store, url, _ = app
     for _ in range(3):
         with pytest.raises(ValueError, match="Could not login"):
             login(url, "alice", "wrong")
     with pytest.raises(ValueError, match="Could not login"):
-        login(url, "alice")  # the right password, but the account is locked now
+        login(url, "alice")  # the right password, but the account is throttled now (the test clock stands still)
     assert login(url, "bob").predict(api_name="/progress")["rater"] == "bob"
+    store.unlock("alice")
+    assert login(url, "alice").predict(api_name="/progress")["rater"] == "alice"
 
 
 def test_users_add_through_the_app_command(tmp_path, capsys):
@@ -94,4 +96,4 @@ def test_users_add_through_the_app_command(tmp_path, capsys):
     from alignment.annotations import AnnotationStore
 
     store = AnnotationStore(db)
-    assert store.users() == [{"name": "nora", "role": "admin"}] and store.authenticate("nora", "pw-1")
+    assert [(u["name"], u["role"]) for u in store.users()] == [("nora", "admin")] and store.authenticate("nora", "pw-1")

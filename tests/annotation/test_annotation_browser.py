@@ -6,6 +6,7 @@ Screenshots go to test-artifacts/ at the repository root (git-ignored).
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -78,12 +79,17 @@ def test_rater_ranks_three_candidates_in_the_browser_and_payloads_stay_text(serv
     browser.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys("alice-pw")
     browser.find_element(By.XPATH, "//button[normalize-space()='Login']").click()
     wait.until(lambda d: "0 / 1 done" in d.find_element(By.ID, "progress").text)
-    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#candidate-2 textarea").get_attribute("value"))
+    wait.until(lambda d: "Candidate C" in d.find_element(By.ID, "candidate-view-2").text)
 
-    shown = [browser.find_element(By.CSS_SELECTOR, f"#candidate-{i} textarea").get_attribute("value") for i in range(3)]
-    assert sorted(shown) == sorted(PAYLOADS.values())  # the payloads are shown verbatim, as text
-    assert browser.find_element(By.CSS_SELECTOR, "#prompt textarea").get_attribute("value") == PROMPT
+    rendered = [browser.find_element(By.ID, f"candidate-view-{i}").text.split("\n", 1)[1] for i in range(3)]
+    assert sorted(rendered) == sorted(PAYLOADS.values())  # Markdown with raw HTML off: tags show as text
+    assert browser.find_element(By.ID, "prompt-view").text == PROMPT
     browser.save_screenshot(str(ARTIFACTS / "annotation-ranking-task.png"))
+    browser.find_element(By.CSS_SELECTOR, "#show-raw input").click()
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#candidate-0 textarea").is_displayed())
+    shown = [browser.find_element(By.CSS_SELECTOR, f"#candidate-{i} textarea").get_attribute("value") for i in range(3)]
+    assert shown == rendered  # the raw text boxes hold exactly the same texts
+    assert browser.find_element(By.CSS_SELECTOR, "#prompt textarea").get_attribute("value") == PROMPT
 
     wanted = {PAYLOADS["plain"]: "1", PAYLOADS["img"]: "2", PAYLOADS["script"]: "2"}  # a tie for last
     for i, text in enumerate(shown):
@@ -119,8 +125,8 @@ def test_pairwise_choice_with_keyboard_shortcuts_then_undo(served, browser):
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=password]"))
     browser.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys("bob")
     browser.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys("bob-pw", Keys.ENTER)
-    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#candidate-1 textarea").get_attribute("value"))
-    b_text = browser.find_element(By.CSS_SELECTOR, "#candidate-1 textarea").get_attribute("value")
+    wait.until(lambda d: "Candidate B" in d.find_element(By.ID, "candidate-view-1").text)
+    b_text = browser.find_element(By.ID, "candidate-view-1").text.split("\n", 1)[1]
     browser.find_element(By.XPATH, "//*[@id='choice']//label[normalize-space()='B is better']").click()
     browser.find_element(By.XPATH, "//*[@id='strength']//label[normalize-space()='Much']").click()
     rationale = browser.find_element(By.CSS_SELECTOR, "#rationale textarea")
@@ -156,6 +162,7 @@ def tab_names(browser) -> list[str]:
 
 
 def test_only_admins_get_the_admin_tab_and_its_export(served, browser):
+    import httpx
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -171,7 +178,10 @@ def test_only_admins_get_the_admin_tab_and_its_export(served, browser):
     login_in_browser(browser, url, "root", "root-pw")
     WebDriverWait(browser, 30).until(lambda d: "Admin" in tab_names(d))
     next(t for t in browser.find_elements(By.CSS_SELECTOR, "[role=tab]") if t.text == "Admin").click()
-    browser.find_element(By.XPATH, "//button[normalize-space()='Export JSONL']").click()
-    WebDriverWait(browser, 60).until(lambda d: "preferences.jsonl" in d.page_source)
-    assert "rankings.jsonl" in browser.page_source
+    WebDriverWait(browser, 60).until(lambda d: "bob" in d.find_element(By.ID, "rater-stats").text)
+    links = {a.text: a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#downloads a")}
+    assert set(links) == {"preferences.jsonl", "rankings.jsonl", "feedback.jsonl"}
+    cookies = {c["name"]: c["value"] for c in browser.get_cookies()}
+    rows = httpx.get(links["preferences.jsonl"], cookies=cookies).text.splitlines()
+    assert [json.loads(r)["chosen"] for r in rows] == [view.candidates[0].text]
     browser.save_screenshot(str(ARTIFACTS / "annotation-admin-export.png"))

@@ -1,4 +1,4 @@
-"""Export rules (pairs, margins, ties, majority vs per-rater, rankings) and the CLI, on real SQLite stores."""
+"""Export rules (pairs, margins, ties, majority vs per-rater, rankings, notes and flags) and the CLI, on real stores."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ def rows_by_pair(rows):
     return {(r["chosen"], r["rejected"]): r["margin"] for r in rows}
 
 
+def without_notes(rows, notes=("rater", "rationale", "flags", "rationales")):
+    return [{k: v for k, v in row.items() if k not in notes} for row in rows]
+
+
 def test_a_ranking_of_k_expands_to_all_c_k_2_pairs_with_rank_difference_margins(prompt_with, judge):
     store, ids = prompt_with(4, raters=("r1",))
     store.create_tasks("ranking", k=4, judgements_per_task=1)
@@ -32,7 +36,7 @@ def test_a_ranking_of_k_expands_to_all_c_k_2_pairs_with_rank_difference_margins(
         ("answer 1", "answer 3"): 2.0,
         ("answer 3", "answer 2"): 1.0,
     }
-    assert store.export_preferences("majority") == store.export_preferences("per-rater")
+    assert without_notes(store.export_preferences("majority")) == without_notes(store.export_preferences("per-rater"))
 
 
 def test_tied_ranks_drop_their_pair(prompt_with, judge):
@@ -55,10 +59,12 @@ def test_pairwise_strength_gives_the_margin_and_ties_both_bad_skips_give_nothing
     judge(store, "skip", skip=True)
     per_rater = store.export_preferences("per-rater")
     assert sorted(r["margin"] for r in per_rater) == [1.0, 2.0, 3.0]
-    assert all(set(r) == {"prompt", "chosen", "rejected", "margin"} for r in per_rater)
+    assert all(list(r) == ["prompt", "chosen", "rejected", "margin", "rater", "rationale", "flags"] for r in per_rater)
+    assert sorted(r["rater"] for r in per_rater) == ["clear", "much", "slight"]
     assert store.export_preferences("majority") == [
-        {"prompt": "Which answer is best?", "chosen": "answer 1", "rejected": "answer 0", "margin": 2.0}
-    ]
+        {"prompt": "Which answer is best?", "chosen": "answer 1", "rejected": "answer 0", "margin": 2.0,
+         "rationales": [], "flags": []}
+    ]  # fmt: skip
 
 
 def test_majority_takes_the_side_with_more_votes_and_drops_even_splits(prompt_with, judge):
@@ -91,10 +97,11 @@ def test_rankings_export_per_rater_and_consensus(prompt_with, judge):
     judge(store, "r2", rank_of={ids[0]: 2, ids[1]: 1, ids[2]: 3})
     judge(store, "r3", rank_of={ids[0]: 1, ids[1]: 1, ids[2]: 1})  # all tied: no information
     per_rater = store.export_rankings("per-rater")
-    assert per_rater == [
+    assert without_notes(per_rater) == [
         {"prompt": "Which answer is best?", "completions": ["answer 0", "answer 1", "answer 2"], "ranks": [1, 2, 3]},
         {"prompt": "Which answer is best?", "completions": ["answer 0", "answer 1", "answer 2"], "ranks": [2, 1, 3]},
     ]
+    assert [r["rater"] for r in per_rater] == ["r1", "r2"]
     # consensus over all three: mean ranks 4/3, 4/3, 7/3 -> 1, 1, 3
     assert store.export_rankings("majority")[0]["ranks"] == [1, 1, 3]
 
@@ -114,13 +121,14 @@ def test_unknown_mode_is_a_data_error(prompt_with):
 
 
 @pytest.fixture
-def judged_db(prompt_with, judge, tmp_path) -> Path:
+def judged_db(prompt_with, judge, store_url) -> str:
+    """The store's file path or URL (what --db takes) after two raters ranked one task alike."""
     store, ids = prompt_with(3, raters=("r1", "r2"))
     store.create_tasks("ranking", k=3, judgements_per_task=2)
     for name in ("r1", "r2"):
         judge(store, name, rank_of={ids[0]: 3, ids[1]: 1, ids[2]: 2})
     store.close()
-    return tmp_path / "annotations.db"
+    return store_url
 
 
 def test_cli_export_writes_preference_and_ranking_jsonl(judged_db, tmp_path, capsys):
@@ -128,10 +136,10 @@ def test_cli_export_writes_preference_and_ranking_jsonl(judged_db, tmp_path, cap
     args = ["export", "--db", str(judged_db), "--out", str(prefs), "--mode", "per-rater", "--rankings", str(ranks)]
     assert main(args) == 0
     rows = [json.loads(line) for line in prefs.read_text().splitlines()]
-    assert len(rows) == 6 and all(list(r) == ["prompt", "chosen", "rejected", "margin"] for r in rows)
+    assert len(rows) == 6 and all(list(r)[:4] == ["prompt", "chosen", "rejected", "margin"] for r in rows)
     rankings = [json.loads(line) for line in ranks.read_text().splitlines()]
     assert rankings[0]["completions"] == ["answer 0", "answer 1", "answer 2"] and rankings[0]["ranks"] == [3, 1, 2]
-    assert list(rankings[0]) == ["prompt", "completions", "ranks"]
+    assert list(rankings[0]) == ["prompt", "completions", "ranks", "rater", "rationale", "flags"]
     assert "wrote 6 preference rows" in capsys.readouterr().out
 
 

@@ -1,15 +1,14 @@
-"""Shared by the annotation reliability tests (imported as reliability.annotation_support): the app launched as its
-own process the way an admin runs it, simulated raters that drive it over HTTP with gradio_client (one client and
-one login per rater), and checks of what the SQLite file really holds."""
+"""Shared by the annotation reliability tests and bench/annotation_load.py (imported as reliability.annotation_support):
+the app launched as its own process the way an admin runs it, simulated raters that drive it over HTTP with
+gradio_client (one client and one login per rater), and checks of what the database really holds. A store is a
+SQLite file or a PostgreSQL URL (the ``store_url`` fixture gives each test both)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,38 +16,39 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from alignment.annotations import AnnotationStore, QueueSettings
 from alignment.annotations.records import STRENGTH_MARGIN
+from alignment.annotations.schema import judgements, tasks, users
 from alignment.annotations.store import CHOICES
-from annotation.conftest import free_port
+from annotation.conftest import Database, backend_of, free_port, postgres_server, store_url  # noqa: F401 - fixtures
 
 from helpers import ROOT
 
 CALL_TIMEOUT_S = 120  # one API call; a stuck call fails the rater instead of hanging the test
-RATIONALE_BYTES = 6000  # longer than an SQLite page: a torn row would show as a wrong rationale
+RATIONALE_BYTES = 4900  # longer than an SQLite page (4096), within the store's 5,000-character cap: a torn row shows
 
 
 def password(name: str) -> str:
     return f"{name}-pw"
 
 
-def build_store(db: Path, raters: list[str], prompts: int) -> None:
-    """``prompts`` prompts of 3 candidates, each with a ranking (k=3) and a pairwise task that want a judgement from
-    every rater; the raters log in with ``password(name)``."""
+def build_store(db: str | Path, raters: list[str], prompts: int, needed: int | None = None) -> None:
+    """``prompts`` prompts of 3 candidates, each with a ranking (k=3) and a pairwise task that want ``needed``
+    judgements (default: one from every rater); the raters log in with ``password(name)``."""
     store = AnnotationStore(db, QueueSettings(gold_rate=0.0))
     for p in range(prompts):
         pid = store.add_prompt(f"Prompt {p}: which answer is best?")
         store.add_candidates(pid, [{"text": f"answer {c} to prompt {p}", "policy": f"policy-{c}"} for c in range(3)])
-    store.create_tasks("ranking", k=3, judgements_per_task=len(raters))
-    store.create_tasks("pairwise", judgements_per_task=len(raters))
+    store.create_tasks("ranking", k=3, judgements_per_task=needed or len(raters))
+    store.create_tasks("pairwise", judgements_per_task=needed or len(raters))
     for name in raters:
         store.add_user(name, "rater", password(name))
     store.close()
@@ -57,7 +57,7 @@ def build_store(db: Path, raters: list[str], prompts: int) -> None:
 class AppProcess:
     """``python -m annotation_ui --db DB --port PORT`` as a process of its own, killable with SIGKILL."""
 
-    def __init__(self, db: Path, log: Path, port: int | None = None) -> None:
+    def __init__(self, db: str | Path, log: Path, port: int | None = None) -> None:
         self.db, self.log = db, log
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -73,7 +73,7 @@ class AppProcess:
             assert self.proc.poll() is None, f"the app exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"the app did not answer within {timeout_s} s: {self.log.read_text()[-3000:]}"
             try:
-                if httpx.get(self.url, timeout=2).status_code == 200:
+                if httpx.get(self.url, timeout=2).status_code < 500:  # any page (the login page, a redirect)
                     return self
             except httpx.HTTPError:
                 pass
@@ -98,7 +98,7 @@ def annotation_app(tmp_path):
     """annotation_app(db, port=None) -> a started AppProcess (stopped at teardown, whatever the test did to it)."""
     started: list[AppProcess] = []
 
-    def start(db: Path, port: int | None = None) -> AppProcess:
+    def start(db: str | Path, port: int | None = None) -> AppProcess:
         app = AppProcess(db, tmp_path / f"app-{len(started)}.log", port)
         started.append(app)
         return app.start()
@@ -182,13 +182,15 @@ class Rater:
         sent.judgement_id, sent.progress = result["judgement_id"], result["progress"]
         return sent
 
-    def work(self, stop: threading.Event, deadline: float = float("inf")) -> None:
-        """Judge task after task until ``stop`` is set, ``deadline`` (time.monotonic) passes or no task is left.
-        The first error ends the loop and is kept in ``errors``."""
+    def work(self, stop: threading.Event, deadline: float = float("inf"), think_s: tuple[float, float] = (0, 0)) -> None:
+        """Judge task after task until ``stop`` is set, ``deadline`` (time.monotonic) passes or no task is left,
+        reading each task for uniform(*think_s) seconds first. The first error ends the loop and is kept in ``errors``."""
         try:
             while not stop.is_set() and time.monotonic() < deadline:
                 view = self.call(api_name="/next_task")
                 if view is None:
+                    return
+                if stop.wait(self.rng.uniform(*think_s)):
                     return
                 self.submit(self.answer(view))
         except Exception as err:  # noqa: BLE001 - every error a rater sees is a finding; the test decides
@@ -218,28 +220,34 @@ def rater_login():
         list(pool.map(Rater.close, raters))
 
 
-def judgement_rows(db: Path) -> dict[str, dict]:
-    """Check the file (integrity, foreign keys) and every judgement row on its own (a complete, valid answer to its
-    task); return the rows by submission id. Duplicates fail."""
-    with closing(sqlite3.connect(db, timeout=60)) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+def judgement_rows(db: str | Path) -> dict[str, dict]:
+    """Check the database (SQLite: integrity and foreign keys; PostgreSQL enforces both itself) and every judgement
+    row on its own (a complete, valid answer to its task); return the rows by submission id. Duplicates fail."""
+    database = Database(str(db))
+    try:
+        if database.dialect == "sqlite":
+            assert [tuple(r) for r in database.rows("PRAGMA integrity_check")] == [("ok",)]
+            assert database.rows("PRAGMA foreign_key_check") == []
         members: dict[int, set[int]] = {}
-        for task_id, candidate_id in conn.execute("select task_id, candidate_id from task_candidates"):
+        for task_id, candidate_id in database.rows("select task_id, candidate_id from task_candidates"):
             members.setdefault(task_id, set()).add(candidate_id)
-        conn.row_factory = sqlite3.Row
-        rows = conn.execute(
-            "select j.*, u.name as rater, t.kind from judgements j "
-            "join users u on u.id = j.user_id join tasks t on t.id = j.task_id order by j.id"
-        ).fetchall()
+        query = (
+            select(judgements, users.c.name.label("rater"), tasks.c.kind)
+            .join(users, users.c.id == judgements.c.user_id)
+            .join(tasks, tasks.c.id == judgements.c.task_id)
+            .where(judgements.c.withdrawn_at.is_(None))  # an undo keeps the withdrawn row
+            .order_by(judgements.c.id)
+        )
+        rows = [row._asdict() for row in database.rows(query)]  # Core: JSON columns decoded on both backends
+    finally:
+        database.close()
     by_submission = Counter(r["submission_id"] for r in rows)
     assert [s for s, n in by_submission.items() if n > 1] == [], "a submission is stored twice"
     pairs = Counter((r["task_id"], r["rater"]) for r in rows)
     assert [p for p, n in pairs.items() if n > 1] == [], "a rater has two judgements of one task"
     out = {}
-    for r in rows:
-        row = dict(r)
-        shown, ranks = json.loads(row["shown_order"]), {int(k): v for k, v in json.loads(row["ranks"]).items()}
+    for row in rows:
+        shown, ranks = row["shown_order"], {int(k): v for k, v in row["ranks"].items()}
         task = members[row["task_id"]]
         where = f"judgement {row['id']} ({row['rater']}, task {row['task_id']})"
         assert sorted(shown) == sorted(task) and set(ranks) == task, f"{where}: candidates {shown} {ranks} != {task}"

@@ -1,8 +1,9 @@
-"""20 raters at once against one launched annotation app, for a bounded time, over HTTP.
+"""Many raters at once against one launched annotation app, for a bounded time, over HTTP.
 
-The app runs as its own process (``python -m annotation_ui``) on a SQLite file. RATERS distinct users each log in
-with their own gradio_client.Client and run the rater loop (/next_task, then /submit of a complete random answer)
-for DURATION_S seconds, all starting together. Measured: acknowledged submissions per second and the p50/p95
+The app runs as its own process (``python -m annotation_ui``) on a SQLite file, then on a PostgreSQL database (10
+raters for 10 s there: the same checks at a smaller size). Each rater is a distinct user that logs in with its own
+gradio_client.Client and runs the rater loop (/next_task, then /submit of a complete random answer) for the given
+seconds, all starting together. Measured: acknowledged submissions per second and the p50/p95
 latency of /submit as a rater sees it. Required: no error returned to any rater, every rater served, and the
 database holds exactly the acknowledged judgements (count equal, each as sent, one per rater and task, none twice).
 """
@@ -20,29 +21,33 @@ from reliability.annotation_support import (  # noqa: F401 - annotation_app, rat
     build_store,
     judgement_rows,
     percentile,
+    backend_of,
+    postgres_server,
     rater_login,
+    store_url,
 )
 from reliability.support import record
 
 pytest.importorskip("gradio_client")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
-RATERS, DURATION_S = 20, 20
+SIZE = {"sqlite": (20, 20), "postgresql": (10, 10)}  # backend: raters, seconds
 
 
-def test_twenty_concurrent_raters_lose_and_duplicate_nothing(tmp_path, annotation_app, rater_login):  # noqa: F811
-    db = tmp_path / "annotations.db"
-    names = [f"load{i:02d}" for i in range(RATERS)]
-    build_store(db, names, prompts=100)  # 200 tasks per rater, more than anyone can do in DURATION_S
+def test_concurrent_raters_lose_and_duplicate_nothing(store_url, annotation_app, rater_login):  # noqa: F811
+    db, backend = store_url, backend_of(store_url)
+    count, duration_s = SIZE[backend]
+    names = [f"load{i:02d}" for i in range(count)]
+    build_store(db, names, prompts=100)  # 200 tasks per rater, more than anyone can do in the time
     server = annotation_app(db)
-    raters = [rater_login(server.url, name) for name in names]  # 20 logins, 20 clients
+    raters = [rater_login(server.url, name) for name in names]  # one login and one client each
     start = time.monotonic()
     stop = threading.Event()
-    threads = [threading.Thread(target=r.work, args=(stop, start + DURATION_S), daemon=True) for r in raters]
+    threads = [threading.Thread(target=r.work, args=(stop, start + duration_s), daemon=True) for r in raters]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(DURATION_S + 150)
+        t.join(duration_s + 150)
         assert not t.is_alive(), "a rater's call did not return within 150 s of the end"
     elapsed = time.monotonic() - start
 
@@ -56,7 +61,8 @@ def test_twenty_concurrent_raters_lose_and_duplicate_nothing(tmp_path, annotatio
         assert_stored_as_sent(rows, s)
     latencies = [s.latency_s for s in sent]
     figures = {
-        "raters": RATERS,
+        "backend": backend,
+        "raters": count,
         "seconds": round(elapsed, 1),
         "acknowledged": len(sent),
         "stored": len(rows),
@@ -66,4 +72,4 @@ def test_twenty_concurrent_raters_lose_and_duplicate_nothing(tmp_path, annotatio
         "per_rater_min_max": [min(len(r.sent) for r in raters), max(len(r.sent) for r in raters)],
         "errors": 0,
     }
-    record("annotation_load", **figures)
+    record(f"annotation_load_{backend}", **figures)

@@ -1,11 +1,12 @@
 """kill -9 of the annotation app while raters submit: nothing a rater was told is saved gets lost.
 
-The app runs as its own process (``python -m annotation_ui``) on a SQLite file; RATERS raters, each with its own
-gradio_client login, judge tasks continuously over HTTP. Once KILL_AFTER submissions (random per RELIABILITY_SEED)
-are acknowledged, and while a submission is in flight, the server gets SIGKILL. Then, on the file as the crash left
-it: integrity_check is ok, every acknowledged judgement is there exactly as sent (id, task, answer, a 6 kB rationale
+The app runs as its own process (``python -m annotation_ui``) on a SQLite file, then on a PostgreSQL database (the
+server itself keeps running: the app is what dies); RATERS raters, each with its own gradio_client login, judge
+tasks continuously over HTTP. Once KILL_AFTER submissions (random per RELIABILITY_SEED) are acknowledged, and while
+a submission is in flight, the app gets SIGKILL. Then, on the database as the crash left it: SQLite's
+integrity_check is ok, every acknowledged judgement is there exactly as sent (id, task, answer, a 4.9 kB rationale
 spanning several pages: a torn row would show), none twice, no row that no rater sent. The app is restarted on the
-same file; every rater logs in again, resends what got no answer with the same submission id (a retry: stored once
+same database; every rater logs in again, resends what got no answer with the same submission id (a retry: stored once
 whether or not the first try was committed), then gets a next task and submits it.
 """
 
@@ -22,9 +23,12 @@ from reliability.annotation_support import (  # noqa: F401 - annotation_app, rat
     Rater,
     annotation_app,
     assert_stored_as_sent,
+    backend_of,
     build_store,
     judgement_rows,
+    postgres_server,
     rater_login,
+    store_url,
 )
 from reliability.support import record
 
@@ -41,8 +45,8 @@ def in_flight(raters: list[Rater]) -> int:
     return sum(1 for r in raters if not r.errors and r.sent and r.sent[-1].judgement_id is None)
 
 
-def test_kill_9_mid_stream_loses_and_duplicates_no_acknowledged_judgement(tmp_path, annotation_app, rater_login):  # noqa: F811
-    db = tmp_path / "annotations.db"
+def test_kill_9_mid_stream_loses_and_duplicates_no_acknowledged_judgement(store_url, annotation_app, rater_login):  # noqa: F811
+    db = store_url
     names = [f"rater{i}" for i in range(RATERS)]
     build_store(db, names, prompts=60)  # 120 tasks per rater: nobody runs out before the kill
     server = annotation_app(db)
@@ -65,14 +69,14 @@ def test_kill_9_mid_stream_loses_and_duplicates_no_acknowledged_judgement(tmp_pa
 
     acknowledged = [s for r in raters for s in r.acknowledged()]
     unanswered = [s for r in raters for s in r.unacknowledged()]
-    rows = judgement_rows(db)  # the file as the crash left it
+    rows = judgement_rows(db)  # the database as the crash left it
     for sent in acknowledged:
         assert_stored_as_sent(rows, sent)
     sent_ids = {s.submission_id for s in acknowledged + unanswered}
     assert set(rows) <= sent_ids, f"rows nobody sent: {set(rows) - sent_ids}"
     committed_unanswered = sum(s.submission_id in rows for s in unanswered)
 
-    restarted = annotation_app(db)  # same file, after the crash
+    restarted = annotation_app(db)  # same database, after the crash
     again = [rater_login(restarted.url, name, f"{SEED}-again") for name in names]  # everyone logs in again
     for before, rater in zip(raters, again):
         for sent in before.unacknowledged():  # the retry a client makes when its call got no answer
@@ -87,7 +91,7 @@ def test_kill_9_mid_stream_loses_and_duplicates_no_acknowledged_judgement(tmp_pa
     for sent in every:
         assert_stored_as_sent(rows_after, sent)
     record(
-        "annotation_server_kill",
+        f"annotation_server_kill_{backend_of(db)}",
         seed=SEED,
         raters=RATERS,
         acknowledged_before_kill=len(acknowledged),
@@ -97,5 +101,5 @@ def test_kill_9_mid_stream_loses_and_duplicates_no_acknowledged_judgement(tmp_pa
         rows_after_kill=len(rows),
         rows_after_restart_and_retries=len(rows_after),
         duplicates=0,
-        integrity_check="ok",
+        integrity_check="ok" if backend_of(db) == "sqlite" else "n/a (PostgreSQL)",
     )

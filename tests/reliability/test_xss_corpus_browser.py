@@ -158,6 +158,7 @@ def test_xss_corpus_shows_as_text_and_never_runs(served, browser):  # noqa: F811
     header = browser.find_element(By.ID, "progress").text
     assert header.startswith(RATER), f"the rater's name is not shown literally: {header!r}"
     assert browser.find_elements(By.CSS_SELECTOR, "#progress a, #progress img, #progress em") == []
+    browser.find_element(By.CSS_SELECTOR, "#show-raw input").click()  # the exact texts; the Markdown views stay in the DOM
 
     seen = []
     for done in range(len(expected)):
