@@ -99,8 +99,10 @@ def final_kl(trainer: PPOTrainer) -> float:
 
 
 def test_a_higher_kl_coef_keeps_the_policy_closer_and_k3_is_never_negative(tiny_llama_dir, tmp_path):
-    free = final_kl(make_trainer(tiny_llama_dir, tmp_path, "free", kl_coef=0.0))
-    held = make_trainer(tiny_llama_dir, tmp_path, "held", kl_coef=2.0, kl_estimator="k3")
+    # the missing-EOS penalty is off: its step of 1 on every cut answer would pull both policies towards EOS as hard
+    # as the KL holds them back, and the comparison would measure that pull instead of the KL coefficient
+    free = final_kl(make_trainer(tiny_llama_dir, tmp_path, "free", kl_coef=0.0, missing_eos_penalty="null"))
+    held = make_trainer(tiny_llama_dir, tmp_path, "held", kl_coef=2.0, kl_estimator="k3", missing_eos_penalty="null")
     held_kl = final_kl(held)
     assert free > 0.05, free  # without a penalty the policy moves
     assert held_kl < 0.5 * free, (held_kl, free)
