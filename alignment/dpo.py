@@ -87,7 +87,7 @@ def main(argv: list[str]) -> None:
 
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path)
     # A fresh adapter on the starting policy (an SFT adapter is merged first), so that "adapter disabled" is that policy.
-    model = load_model(model_args, "causal", tokenizer, continue_adapter=False)
+    model, origin = load_model(model_args, "causal", tokenizer, continue_adapter=False)
     score_labelled_positions_only()
     monitor = Monitor.build(monitor_args, run_dir)
     heldout = [HeldoutCallback(monitor, tokenizer, monitor_args, config.seed)] if monitor else []
@@ -108,7 +108,7 @@ def main(argv: list[str]) -> None:
         metrics.update(final_evaluation(trainer))
     metrics = final_metrics(metrics, trainer)
     if trainer.is_world_process_zero():
-        save_model(trainer.model, tokenizer, run_dir, kind="causal", method=model_args.method, stage="dpo")
+        save_model(trainer.model, tokenizer, run_dir, kind="causal", origin=origin, method=model_args.method, stage="dpo")
     write_results(trainer, run_dir, metrics, data.report)
     logger.info("DPO finished: %s", {k: v for k, v in metrics.items() if "loss" in k or "margin" in k or "accuracy" in k})
 

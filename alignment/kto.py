@@ -127,7 +127,7 @@ def main(argv: list[str]) -> None:
 
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path)
     # A fresh adapter on the starting policy (an SFT adapter is merged first), so that the reference is that policy.
-    model = load_model(model_args, "causal", tokenizer, continue_adapter=False)
+    model, origin = load_model(model_args, "causal", tokenizer, continue_adapter=False)
     score_labelled_positions_only()
     monitor = Monitor.build(monitor_args, run_dir)
     heldout = [HeldoutCallback(monitor, tokenizer, monitor_args, config.seed)] if monitor else []
@@ -149,7 +149,7 @@ def main(argv: list[str]) -> None:
     metrics = final_metrics(metrics, trainer)
     if trainer.is_world_process_zero():
         drop_reference_adapter(trainer.model)
-        save_model(trainer.model, tokenizer, run_dir, kind="causal", method=model_args.method, stage="kto")
+        save_model(trainer.model, tokenizer, run_dir, kind="causal", origin=origin, method=model_args.method, stage="kto")
     write_results(trainer, run_dir, metrics, [*data.report, *([advice] if advice else [])])
     logger.info("KTO finished: %s", {k: v for k, v in metrics.items() if "loss" in k or "margin" in k or k.endswith("kl")})
 

@@ -6,6 +6,12 @@ evaluate — each naming its stage recipe plus overrides. The runner wires each 
 DPO data, …), runs every training stage as its own process (``python -m alignment.<stage>``), and records a manifest.
 A stage whose recipe, inputs and upstream stages are unchanged since its last successful run is skipped (content
 hash), so re-running after a failure resumes at the failed stage — which itself resumes from its last checkpoint.
+
+``rounds: N`` repeats the stages from candidates on, as InstructGPT and Llama 2 collected preferences: each round
+samples candidates from the current policy (the SFT run, then the last round's PPO/DPO result) on its own slice of
+``round_prompts`` prompts, sends ``round_budget`` of them to the raters chosen by ``selection`` (see
+:mod:`alignment.selection`), retrains the RM on every judgement so far, optimises the policy from where it stands and
+evaluates it. Round r's files are in ``round-r/``; the manifest keys its stages ``round-r/<stage>``.
 """
 
 from __future__ import annotations
@@ -17,14 +23,15 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from alignment.config import as_flags, build_dataclasses, load_yaml, parse_overrides
 from alignment.errors import AlignmentError, RecipeError
-from alignment.report import build_report
-from alignment.run import check_writable, environment, stage_main, write_json
+from alignment.report import build_report, last_key
+from alignment.run import check_writable, environment, read_jsonl, stage_main, write_json, write_jsonl
+from alignment.selection import Strategy
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +45,7 @@ STAGE_MODULES = {
     "evaluate": "alignment.evaluate",
 }
 ORDER = ["classify", "sft", "candidates", "annotate", "rm", "dpo", "ppo", "evaluate"]
+ONCE = ("classify", "sft")  # run before the rounds; the rest runs once per round
 DATA_KEYS = ("dataset_path", "validation_path", "test_path")
 
 
@@ -67,10 +75,33 @@ class PipelineSpec:
     # Held-out prompts the PPO/DPO monitors score while training (a validation set: the evaluate stage's
     # dataset_path is the test set, kept apart from it).
     validation_prompts: str | None = None
+    # Rounds of human feedback (stages from candidates on repeat; see the module docstring).
+    rounds: int = 1
+    round_prompts: int | None = None  # prompts sampled per round: round r takes the r-th slice of the candidates' data
+    round_budget: int | None = None  # tasks sent to the raters per round (x judgements_per_task judgements); None: all
+    selection: Strategy = "random"  # which tasks: random | uncertainty | disagreement (round 1 is random: no RM yet)
+    ensemble_members: int = 8  # reward heads of the disagreement ensemble
+    seed: int = 0  # of the selection and of the simulated raters
 
     def __post_init__(self) -> None:
         if self.validation_prompts is not None and not Path(self.validation_prompts).is_file():
             raise ValueError(f"validation_prompts: no such file: {self.validation_prompts}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.rounds > 1 and not self.round_prompts:
+            raise ValueError("rounds > 1 needs round_prompts: how many fresh prompts each round samples")
+        for key in ("round_prompts", "round_budget"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1 (or null), got {getattr(self, key)}")
+        if self.selection != "random" and self.round_budget is None:
+            raise ValueError(f"selection: {self.selection} chooses within a round_budget; set round_budget")
+        if self.ensemble_members < 2:
+            raise ValueError(f"ensemble_members must be >= 2, got {self.ensemble_members}")
+
+    @property
+    def selective(self) -> bool:
+        """Whether tasks are chosen per round (else every sampled prompt becomes a task, as one-round runs do)."""
+        return self.round_budget is not None
 
 
 def load_pipeline(path: str) -> tuple[PipelineSpec, list[StageSpec]]:
@@ -89,7 +120,44 @@ def load_pipeline(path: str) -> tuple[PipelineSpec, list[StageSpec]]:
         raise RecipeError(f"{path}: a stage appears twice: {names}")
     if [n for n in ORDER if n in names] != names:
         raise RecipeError(f"{path}: stages must run in the order {' → '.join(ORDER)}; got {names}")
+    if (spec.rounds > 1 or spec.selective) and not {"candidates", "annotate"} <= set(names):
+        raise RecipeError(f"{path}: rounds and round_budget need a candidates and an annotate stage; got {names}")
+    if spec.selection != "random" and "rm" not in names:
+        raise RecipeError(f"{path}: selection: {spec.selection} scores candidates with the last round's RM; add an rm stage")
     return spec, stages
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stage run: ``key`` names it in the manifest and is its folder below the run folder (``sft``, ``rm``, or
+    ``round-2/rm`` when the pipeline has rounds)."""
+
+    key: str
+    stage: StageSpec
+    round: int = 1
+
+
+def plan(spec: PipelineSpec, stages: list[StageSpec]) -> list[Step]:
+    """The stages in the order they run: those before the rounds once, then every round's."""
+    once = [Step(s.name, s) for s in stages if s.name in ONCE]
+    looped = [s for s in stages if s.name not in ONCE]
+    if spec.rounds == 1:
+        return once + [Step(s.name, s) for s in looped]
+    return once + [Step(f"round-{r}/{s.name}", s, r) for r in range(1, spec.rounds + 1) for s in looped]
+
+
+def round_dir(root: Path, spec: PipelineSpec, number: int) -> Path:
+    """Where round ``number``'s files go: the run folder itself when there is one round."""
+    return root if spec.rounds == 1 else root / f"round-{number}"
+
+
+def current_policy(root: Path, spec: PipelineSpec, present: set[str], number: int) -> str | None:
+    """The policy round ``number`` samples from and starts from: the SFT run, then the last round's result."""
+    if number > 1:
+        for name in ("ppo", "dpo"):
+            if name in present:
+                return str(round_dir(root, spec, number - 1) / name)
+    return str(root / "sft") if "sft" in present else None
 
 
 # ------------------------------------------------------------------------------------------------------- wiring
@@ -114,28 +182,38 @@ def monitor_keys(spec: PipelineSpec, gold: str | None) -> dict[str, Any]:
     return {"eval_prompts": spec.validation_prompts, **({"gold_reward": gold} if gold else {})}
 
 
-def wiring(stage: StageSpec, root: Path, present: set[str], spec: PipelineSpec, gold: str | None = None) -> dict[str, Any]:
-    """Recipe keys that connect ``stage`` to the outputs of the stages before it (and to the gold judge)."""
-    out = root / stage.name
+def wiring(stage: StageSpec, root: Path, present: set[str], spec: PipelineSpec, gold: str | None = None,
+           number: int = 1) -> dict[str, Any]:
+    """Recipe keys that connect ``stage`` (of round ``number``) to the outputs of the stages before it (and to the
+    gold judge)."""
+    here = round_dir(root, spec, number)
+    out = root / stage.name if stage.name in ONCE else here / stage.name
     sft = str(root / "sft") if "sft" in present else None
-    prefs = str(root / "preferences.jsonl")
-    if stage.name in ("classify", "sft"):
+    policy = current_policy(root, spec, present, number)
+    prefs, rm = str(here / "preferences.jsonl"), str(here / "rm")
+    if stage.name in ONCE:
         return {"output_dir": str(out)}
     if stage.name == "candidates":
-        return {"db": str(root / "annotations.db"), **({"policies": [sft]} if sft else {})}
+        keys: dict[str, Any] = {"db": str(root / "annotations.db"), **({"policies": [policy]} if policy else {})}
+        if spec.round_prompts:
+            keys.update(dataset_path=str(here / "prompts.jsonl"), max_samples=None)
+        if spec.selective:  # the annotate step chooses the round's tasks from these
+            keys.update(tasks_per_prompt=0, candidates_out=str(here / "candidates.jsonl"))
+        return keys
     if stage.name == "rm":
         return {"output_dir": str(out), "dataset_path": prefs}
     monitor = monitor_keys(spec, gold)
+    start = {"model_name_or_path": policy} if policy else {}
     if stage.name == "dpo":
-        proxy = {"proxy_reward": str(root / "rm")} if monitor else {}
-        return {"output_dir": str(out), "dataset_path": prefs, **monitor, **proxy, **({"model_name_or_path": sft} if sft else {})}
+        proxy = {"proxy_reward": rm} if monitor else {}
+        return {"output_dir": str(out), "dataset_path": prefs, **monitor, **proxy, **start}
     if stage.name == "ppo":
         # PPO optimises the reward model learnt from the judgements, whatever reward its own recipe names.
-        rm = {"reward_model": str(root / "rm"), "reward_label": None, "reward_function": None}
-        return {"output_dir": str(out), **rm, **monitor, **({"model_name_or_path": sft} if sft else {})}
+        reward = {"reward_model": rm, "reward_label": None, "reward_function": None}
+        return {"output_dir": str(out), **reward, **monitor, **start}
     if stage.name == "evaluate":
-        trained = [str(root / n) for n in ("ppo", "dpo") if n in present]
-        judges = {"reward": str(root / "rm"), **({"gold": gold} if gold else {})}
+        trained = [str(here / n) for n in ("ppo", "dpo") if n in present]
+        judges = {"reward": rm, **({"gold": gold} if gold else {})}
         return {"output_dir": str(out), "policies": [p for p in [sft, *trained] if p], **judges}
     return {}
 
@@ -170,13 +248,15 @@ def run_module(module: str, recipe: str | None, flags: dict[str, Any], log_path:
             raise AlignmentError(f"stage {module} failed with exit status {proc.returncode}; see {log_path}")
 
 
-def run_annotate(stage: StageSpec, root: Path, present: set[str]) -> dict[str, Any]:
-    """Collect judgements (simulated raters, or wait for humans in the web app), then export preferences."""
+def run_annotate(step: Step, root: Path, present: set[str], spec: PipelineSpec, candidates: dict[str, Any]) -> dict[str, Any]:
+    """Queue the round's selected tasks (with ``round_budget``), collect judgements (simulated raters, or wait for
+    humans in the web app), then export every judgement so far as preferences."""
     from alignment.annotations.export import preference_rows
     from alignment.annotations.store import AnnotationStore
-    from alignment.run import write_jsonl
 
+    stage, here = step.stage, round_dir(root, spec, step.round)
     store = AnnotationStore(str(root / "annotations.db"))
+    selected = {"selected_tasks": select_round(store, step.round, root, spec, candidates)} if spec.selective else {}
     if stage.mode == "simulated":
         from alignment.rewards import resolve_reward
         from alignment.simulate import SimulationArguments, simulate
@@ -184,16 +264,58 @@ def run_annotate(stage: StageSpec, root: Path, present: set[str]) -> dict[str, A
         oracle = oracle_spec(stage, root, present)
         if not oracle:
             raise RecipeError("annotate (simulated) needs an oracle: a reward spec, or a classify stage before it")
-        sim = SimulationArguments(db="", oracle=oracle, raters=stage.raters, noise=stage.noise,
-                                  disagreement=stage.disagreement, tie_threshold=stage.tie_threshold)
+        sim = SimulationArguments(db="", oracle=oracle, raters=stage.raters, noise=stage.noise, disagreement=stage.disagreement,
+                                  tie_threshold=stage.tie_threshold, seed=spec.seed + 1000 * (step.round - 1))
         simulate(store, resolve_reward(oracle), sim)
     else:
         wait_for_humans(store, root, stage.port)
-    records, candidates = store.records()
-    n = write_jsonl(root / "preferences.jsonl", preference_rows(records, candidates, mode=stage.export_mode))
+    records, candidate_map = store.records()
+    n = write_jsonl(here / "preferences.jsonl", preference_rows(records, candidate_map, mode=stage.export_mode))
     if n == 0:
         raise AlignmentError("the annotation export holds no preference pairs (all ties or skips?)")
-    return {"preference_pairs": n, **store.progress()}
+    return {"preference_pairs": n, **selected, **store.progress()}
+
+
+def select_round(store, number: int, root: Path, spec: PipelineSpec, candidates: dict[str, Any]) -> int:
+    """Choose round ``number``'s tasks from its sampled candidates (``selection``, within ``round_budget``) and queue
+    them as task set ``round-<number>``; return how many tasks the round has. A resumed round keeps the tasks it
+    chose; a candidate set some round already asked about is never offered again."""
+    from alignment.candidates import CandidateArguments
+    from alignment.selection import offers, reward_scorer, select
+
+    task_set = f"round-{number}"
+    if chosen := [t for t in store.task_sets() if t["task_set"] == task_set]:
+        return sum(t["tasks"] for t in chosen)
+    args = CandidateArguments(**{f.name: candidates[f.name] for f in fields(CandidateArguments) if f.name in candidates})
+    records, candidate_map = store.records()
+    taken = {(r.prompt, frozenset(candidate_map[c].text for c in r.candidate_ids)) for r in records}
+    pool = offers(read_jsonl(args.candidates_out), args.task_kind, args.k, taken)
+    strategy = spec.selection if number > 1 else "random"  # before the first judgements there is no RM to ask
+    scorer = None
+    if strategy != "random":
+        last = round_dir(root, spec, number - 1)
+        scorer = reward_scorer(last / "rm", strategy, read_jsonl(last / "preferences.jsonl"),
+                               members=spec.ensemble_members, seed=spec.seed + number)
+    picked = select(pool, spec.round_budget, strategy, seed=spec.seed * 1000 + number, scorer=scorer)
+    store.import_tasks([o.as_row() for o in picked], task_set=task_set, kind=args.task_kind,
+                       judgements_per_task=args.judgements_per_task, source=f"round {number} ({strategy} selection)")
+    logger.info("round %d: %d of %d prompts' tasks selected (%s)", number, len(picked), len(pool), strategy)
+    return len(picked)
+
+
+def round_prompt_slices(candidates: StageSpec, spec: PipelineSpec) -> list[list[Any]]:
+    """Each round's own prompts: round r takes rows (r-1)*round_prompts .. r*round_prompts of the candidates stage's
+    data (its recipe and overrides), checked to be there before anything runs."""
+    from alignment.data import DataArguments, load_data
+
+    values = stage_values(candidates, {})
+    keys = {f.name: values[f.name] for f in fields(DataArguments) if f.name in values}
+    prompts = list(load_data(DataArguments(**{**keys, "max_samples": None}), "prompts").splits["train"]["prompt"])
+    n = spec.round_prompts or 0
+    if len(prompts) < spec.rounds * n:
+        raise RecipeError(f"rounds: {spec.rounds} x round_prompts: {n} needs {spec.rounds * n} prompts, but the candidates "
+                          f"stage's data ({keys.get('dataset_path')}) has {len(prompts)}")
+    return [prompts[r * n : (r + 1) * n] for r in range(spec.rounds)]
 
 
 def wait_for_humans(store, root: Path, port: int) -> None:
@@ -209,8 +331,8 @@ def wait_for_humans(store, root: Path, port: int) -> None:
         time.sleep(10)
 
 
-def stage_metrics(name: str, root: Path) -> dict[str, Any]:
-    for candidate in (root / name / "metrics.json", root / name / "evaluation.json"):
+def stage_metrics(key: str, root: Path) -> dict[str, Any]:
+    for candidate in (root / key / "metrics.json", root / key / "evaluation.json"):
         if candidate.is_file():
             data = json.loads(candidate.read_text())
             data.pop("samples", None)
@@ -234,56 +356,89 @@ def run_pipeline(recipe: str, start: str | None = None, only: str | None = None)
     spec, stages = load_pipeline(recipe)
     root = Path(spec.output_dir)
     check_writable(root)
+    steps = plan(spec, stages)
+    by_name = {s.name: s for s in stages}
+    slices = round_prompt_slices(by_name["candidates"], spec) if spec.round_prompts else []
     manifest_path = root / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"stages": {}}
     manifest.update(recipe=recipe, output_dir=str(root), environment=environment())
-    names = [s.name for s in stages]
-    forced = select_stages(names, start, only)
-    present = set(names)
+    keys = [step.key for step in steps]
+    forced = select_stages(keys, start, only)
+    present = set(by_name)
     if spec.wandb_group:
         os.environ.setdefault("WANDB_RUN_GROUP", spec.wandb_group)
     gold = gold_spec(spec, stages, root)
     upstream: list[str] = []
-    for stage in stages:
-        wired = wiring(stage, root, present, spec, gold)
-        values = stage_values(stage, wired)
+    values_of: dict[tuple[int, str], dict[str, Any]] = {}
+    for step in steps:
+        stage = step.stage
+        if stage.name == "candidates" and slices:
+            round_dir(root, spec, step.round).mkdir(parents=True, exist_ok=True)
+            write_jsonl(round_dir(root, spec, step.round) / "prompts.jsonl", [{"prompt": p} for p in slices[step.round - 1]])
+        wired = wiring(stage, root, present, spec, gold, step.round)
+        values = values_of[step.round, stage.name] = stage_values(stage, wired)
         digest = content_hash(stage, values, upstream)
         upstream.append(digest)
-        previous = manifest["stages"].get(stage.name, {})
-        if only and stage.name != only:
+        previous = manifest["stages"].get(step.key, {})
+        if only and step.key != only:
             continue
-        if stage.name not in forced and previous.get("status") == "done" and previous.get("hash") == digest:
-            logger.info("stage %s: unchanged since its last run (%s), skipped", stage.name, digest)
+        if step.key not in forced and previous.get("status") == "done" and previous.get("hash") == digest:
+            logger.info("stage %s: unchanged since its last run (%s), skipped", step.key, digest)
             continue
-        logger.info("stage %s: running", stage.name)
-        manifest["stages"][stage.name] = {"hash": digest, "status": "running", "started": time.time()}
+        logger.info("stage %s: running", step.key)
+        manifest["stages"][step.key] = {"hash": digest, "status": "running", "started": time.time()}
         write_json(manifest_path, manifest)
         began = time.time()
         if stage.name == "annotate":
-            extra = run_annotate(stage, root, present)
+            extra = run_annotate(step, root, present, spec, values_of.get((step.round, "candidates"), {}))
         else:
             flags = {**stage.overrides, **wired}
-            run_module(STAGE_MODULES[stage.name], stage.recipe, flags, root / f"{stage.name}.log")
+            log = root / f"{step.key.replace('/', '-')}.log"
+            run_module(STAGE_MODULES[stage.name], stage.recipe, flags, log)
             extra = {}
-        manifest["stages"][stage.name] = {
+        manifest["stages"][step.key] = {
             "hash": digest,
             "status": "done",
             "recipe": stage.recipe,
             "values": values,
-            "outputs": stage_outputs(stage.name, root),
-            "metrics": {**stage_metrics(stage.name, root), **extra},
+            "outputs": stage_outputs(step, root, spec),
+            "metrics": {**stage_metrics(step.key, root), **extra},
             "wall_time_s": round(time.time() - began, 1),
+            **({"round": step.round} if spec.rounds > 1 else {}),
         }
+        write_json(manifest_path, manifest)
+    if spec.rounds > 1:
+        manifest["rounds"] = round_table(manifest, spec.rounds)
         write_json(manifest_path, manifest)
     return manifest
 
 
-def stage_outputs(name: str, root: Path) -> list[str]:
-    if name == "candidates":
-        return [str(root / "annotations.db")]
-    if name == "annotate":
-        return [str(root / "preferences.jsonl")]
-    return [str(root / name)]
+def stage_outputs(step: Step, root: Path, spec: PipelineSpec) -> list[str]:
+    here = round_dir(root, spec, step.round)
+    if step.stage.name == "candidates":
+        return [str(root / "annotations.db"), *([str(here / "candidates.jsonl")] if spec.selective else [])]
+    if step.stage.name == "annotate":
+        return [str(here / "preferences.jsonl")]
+    return [str(root / step.key)]
+
+
+def round_table(manifest: dict[str, Any], rounds: int) -> list[dict[str, Any]]:
+    """Per round: judgements collected so far, the RM's held-out accuracy, and each optimised policy's gold (or
+    proxy) win rate against the SFT baseline with its interval."""
+    stages, table = manifest["stages"], []
+    for r in range(1, rounds + 1):
+        metrics = lambda name: stages.get(f"round-{r}/{name}", {}).get("metrics", {})  # noqa: E731
+        rm = metrics("rm").get("test") or metrics("rm").get("validation") or {}
+        row: dict[str, Any] = {"round": r, "judgements": metrics("annotate").get("judgements"),
+                               "selected_tasks": metrics("annotate").get("selected_tasks"),
+                               "rm_accuracy": rm.get("pairwise_accuracy")}
+        policies = list(metrics("evaluate").get("policies", {}).items())
+        for policy, result in policies[1:]:
+            judge = result.get("gold", result)
+            row[Path(policy).name] = {"judge": "gold" if "gold" in result else "proxy",
+                                      "win_rate": judge["win_rate_vs_baseline"], "ci95": judge["win_rate_ci95"]}
+        table.append(row)
+    return table
 
 
 def summary(manifest: dict[str, Any]) -> str:
@@ -292,7 +447,7 @@ def summary(manifest: dict[str, Any]) -> str:
     lines = []
     for name, info in s.items():
         lines.append(f"{name:<10} {info.get('status', '?'):<5} {info.get('wall_time_s', 0):>7.1f}s  {', '.join(info.get('outputs', []))}")
-    m = lambda n: s.get(n, {}).get("metrics", {})  # noqa: E731
+    m = lambda n: s.get(last_key(s, n) or "", {}).get("metrics", {})  # noqa: E731  (the last round's)
     heads = []
     if "accuracy" in m("classify").get("test", {}):
         heads.append(f"classifier test accuracy {m('classify')['test']['accuracy']:.3f}")
@@ -304,7 +459,18 @@ def summary(manifest: dict[str, Any]) -> str:
     held = rm.get("test") or rm.get("validation") or {}
     if "pairwise_accuracy" in held:
         heads.append(f"RM held-out accuracy {held['pairwise_accuracy']:.3f}")
-    return "\n".join(lines + [""] + heads + result_lines(m("evaluate")))
+    return "\n".join(lines + [""] + heads + round_lines(manifest.get("rounds", [])) + result_lines(m("evaluate")))
+
+
+def round_lines(rounds: list[dict[str, Any]]) -> list[str]:
+    """One line per round: judgements so far, RM accuracy, and each policy's win rate against SFT."""
+    lines = []
+    for row in rounds:
+        wins = [f"{name} {w['judge']} win rate {w['win_rate']:.2f} ({w['ci95'][0]:.2f}–{w['ci95'][1]:.2f})"
+                for name, w in row.items() if isinstance(w, dict)]
+        accuracy = f"{row['rm_accuracy']:.3f}" if row.get("rm_accuracy") is not None else "–"
+        lines.append(f"round {row['round']}: {row.get('judgements')} judgements, RM accuracy {accuracy}; " + "; ".join(wins))
+    return [""] + lines if lines else []
 
 
 def result_lines(evaluation: dict[str, Any]) -> list[str]:

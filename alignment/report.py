@@ -22,7 +22,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from alignment.errors import AlignmentError, DataError
-from alignment.run import stage_main
+from alignment.run import read_jsonl, stage_main
 
 RUN_INFO = ("recipe.yaml", "environment.json")
 RUN_FILES = ("manifest.json", "metrics.json", "log_history.json", "metrics.jsonl", "eval.jsonl", "evaluation.json", "samples.jsonl")
@@ -49,27 +49,6 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """One dict per non-blank line; [] when absent. A broken last line without a newline (being written) is skipped."""
-    if not path.is_file():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    rows = []
-    for number, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line) if line.strip() else {}
-        except json.JSONDecodeError as exc:
-            if number == len(lines) and not text.endswith("\n"):
-                break
-            raise DataError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
-        if row:
-            rows.append(row)
-    return rows
 
 
 class Figures:
@@ -338,10 +317,17 @@ def overoptimisation_figure(curves: dict[str, list[dict]]) -> Figure:
     return fig
 
 
+def last_key(stages: dict[str, Any], name: str) -> str | None:
+    """The manifest key of the last run of stage ``name`` (``name`` itself, or ``round-N/name`` for the last N)."""
+    keys = [k for k in stages if k.rsplit("/", 1)[-1] == name]
+    return keys[-1] if keys else None
+
+
 def result_section(root: Path, stages: dict, figures: Figures) -> str:
-    """The answer to "did it work?": the result table, the proxy-vs-gold curves and the first three held-out
-    prompts answered by every policy side by side. "" without an evaluation."""
-    evaluation = read_json(root / "evaluate" / "evaluation.json") if "evaluate" in stages else None
+    """The answer to "did it work?": the result table (of the last round), the proxy-vs-gold curves and the first
+    three held-out prompts answered by every policy side by side. "" without an evaluation."""
+    key = last_key(stages, "evaluate")
+    evaluation = read_json(root / key / "evaluation.json") if key else None
     if not evaluation or not evaluation.get("policies"):
         return ""
     judges = evaluation.get("judges", {})
@@ -349,7 +335,7 @@ def result_section(root: Path, stages: dict, figures: Figures) -> str:
             f"gold judge: {judges.get('gold', 'none')}; proxy: {judges.get('proxy', '?')}; "
             "95% intervals from a paired bootstrap over prompts.")
     body = f"<p>{html.escape(note)}</p>" + result_table(evaluation)
-    curves = {name: rows for name in stages if (rows := read_jsonl(root / name / "eval.jsonl"))}
+    curves = {name: rows for name in stages if name.startswith(key[: -len("evaluate")]) and (rows := read_jsonl(root / name / "eval.jsonl"))}
     if curves:
         body += figures.add(overoptimisation_figure(curves), "overoptimisation", "proxy and gold reward on the validation prompts against KL to the reference, while training")
     policies = list(evaluation["policies"])
@@ -359,6 +345,33 @@ def result_section(root: Path, stages: dict, figures: Figures) -> str:
             ["prompt", *(Path(p).name for p in policies)], shown, frozenset(range(len(policies) + 1))
         )
     return section("result", "Result", body, 2)
+
+
+def rounds_section(rounds: list[dict], figures: Figures) -> str:
+    """Per round: judgements collected so far, RM accuracy, each policy's win rate against SFT; and the win rate
+    against judgements. "" for a one-round pipeline."""
+    if not rounds:
+        return ""
+    policies = [k for k in rounds[0] if isinstance(rounds[0][k], dict)]
+    rows = [[r["round"], r.get("judgements"), r.get("selected_tasks"), r.get("rm_accuracy"),
+             *(with_ci({"w": r[p]["win_rate"], "w_ci": r[p]["ci95"]}, "w", "w_ci") if p in r else "" for p in policies)]
+            for r in rounds]
+    header = ["round", "judgements so far", "tasks selected", "RM held-out accuracy",
+              *(f"{p} {rounds[0][p]['judge']} win rate vs SFT" for p in policies)]
+    body = table(header, rows)
+    if policies:
+        fig = Figure(figsize=(5, 3.2))
+        ax = fig.subplots()
+        for p in policies:
+            points = [(r["judgements"], r[p]["win_rate"], *r[p]["ci95"]) for r in rounds if p in r and r.get("judgements")]
+            if points:
+                x, y, low, high = map(list, zip(*points))
+                ax.errorbar(x, y, yerr=[[a - b for a, b in zip(y, low)], [b - a for a, b in zip(y, high)]], marker="o", capsize=3, label=p)
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set(xlabel="judgements collected", ylabel="win rate vs SFT")
+        ax.legend()
+        body += figures.add(fig, "rounds", "win rate against the SFT policy after each round, by judgements collected so far (95% CI)")
+    return section("rounds", "Rounds", body, 2)
 
 
 def pipeline_sections(root: Path, manifest: dict, figures: Figures) -> list[str]:
@@ -371,7 +384,8 @@ def pipeline_sections(root: Path, manifest: dict, figures: Figures) -> list[str]
         for name, s in stages.items()
     ]
     overview = table(["stage", "status", "wall time", "outputs", "headline metrics"], rows)
-    out = [part for part in (result_section(root, stages, figures),) if part] + [section("overview", "Pipeline", overview, 2)]
+    firsts = (result_section(root, stages, figures), rounds_section(manifest.get("rounds", []), figures))
+    out = [part for part in firsts if part] + [section("overview", "Pipeline", overview, 2)]
     for name, s in stages.items():
         folder = root / name
         parts = stage_sections(folder, figures.for_stage(name), 3) if folder.is_dir() else []

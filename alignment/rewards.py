@@ -72,12 +72,26 @@ def encoding_settings(meta: dict[str, Any]) -> dict[str, Any]:
     return {"max_length": meta.get("max_length", 512), "prompt_turns": meta.get("prompt_turns")}
 
 
+def reward_head(model) -> torch.nn.Linear:
+    """The linear layer that maps a sequence classifier's features to its scores (``score``, ``classifier`` or a
+    classifier's ``out_proj``), also under a peft wrapper (the copy it trains and saves)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = _trained_copy(getattr(base, "score", None) or getattr(base, "classifier", None))
+    linear = _trained_copy(head if isinstance(head, torch.nn.Linear) else getattr(head, "out_proj", None))
+    if not isinstance(linear, torch.nn.Linear):
+        raise ModelError(f"cannot find the reward head of {type(base).__name__}")
+    return linear
+
+
+def _trained_copy(module):
+    """The copy of a module that a peft ``modules_to_save`` wrapper trains (the module itself when unwrapped)."""
+    copies = getattr(module, "modules_to_save", None)
+    return copies["default"] if copies is not None and "default" in copies else module
+
+
 def init_reward_head(model) -> None:
     """Initialise a fresh scalar head N(0, 1/sqrt(d+1)) (Stiennon et al. 2020), bias zero."""
-    head = getattr(model, "score", None) or getattr(model, "classifier", None)
-    linear = head if isinstance(head, torch.nn.Linear) else getattr(head, "out_proj", None)
-    if linear is None:
-        raise ModelError(f"cannot find the reward head of {type(model).__name__}")
+    linear = reward_head(model)
     torch.nn.init.normal_(linear.weight, std=1 / math.sqrt(linear.in_features + 1))
     if linear.bias is not None:
         torch.nn.init.zeros_(linear.bias)
@@ -114,6 +128,32 @@ class RewardModel:
         if normalize:
             rewards = [(r - self.mean) / max(self.std, 1e-6) for r in rewards]
         return rewards
+
+    @torch.no_grad()
+    def features(self, prompts: list[Prompt], responses: list[Response], batch_size: int = 8) -> torch.Tensor:
+        """[n, d] what the reward head reads for each pair (at the position the score is taken from)."""
+        head, seen = reward_head(self.model), []
+        hook = head.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().float()))
+        try:
+            ids = [encode(self.tokenizer, p, r, self.max_length, self.prompt_turns) for p, r in zip(prompts, responses)]
+            rows = []
+            for start in range(0, len(ids), batch_size):
+                chunk = [{"input_ids": x} for x in ids[start : start + batch_size]]
+                enc = self.tokenizer.pad(chunk, return_tensors="pt", padding_side="right").to(self.model.device)
+                seen.clear()
+                self.model(**enc)
+                x = seen[-1]
+                if x.dim() == 3:  # a decoder's head reads every position; its score is the last non-pad token's
+                    x = x[torch.arange(len(x)), enc["attention_mask"].sum(-1) - 1]
+                rows.append(x.cpu())
+        finally:
+            hook.remove()
+        return torch.cat(rows) if rows else torch.empty(0, head.in_features)
+
+    def head(self) -> tuple[torch.Tensor, float]:
+        """The trained head's weight [d] and bias."""
+        linear = reward_head(self.model)
+        return linear.weight.detach().float().reshape(-1).cpu(), float(linear.bias.item()) if linear.bias is not None else 0.0
 
 
 def load_reward_model(run_dir: str | Path, **overrides: Any) -> RewardModel:

@@ -96,7 +96,7 @@ def main(argv: list[str]) -> None:
         logger.info("data: %s", line)
 
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path)
-    model = load_model(model_args, "seq_cls", tokenizer, num_labels=1, init_head=init_reward_head)
+    model, origin = load_model(model_args, "seq_cls", tokenizer, num_labels=1, init_head=init_reward_head)
     settings = {"max_length": config.max_length, "prompt_turns": stage_args.prompt_turns}
     splits = {name: tokenize_pairs(ds, tokenizer, stage_args.use_margin, **settings) for name, ds in data.splits.items()}
     held_out = "test" if "test" in splits else "validation" if "validation" in splits else None
@@ -117,7 +117,7 @@ def main(argv: list[str]) -> None:
     stats = reward_stats(model, tokenizer, splits["train"], stage_args.stats_samples, config.per_device_eval_batch_size)
     if trainer.is_world_process_zero():
         save_model(
-            model, tokenizer, run_dir, kind="seq_cls", num_labels=1, method=model_args.method, stage="rm",
+            model, tokenizer, run_dir, kind="seq_cls", origin=origin, num_labels=1, method=model_args.method, stage="rm",
             **settings, reward_stats=stats,
         )
     write_results(trainer, run_dir, {**metrics, "reward_stats": stats}, data.report)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
-from alignment.errors import AlignmentError
+from alignment.errors import AlignmentError, DataError
 
 logger = logging.getLogger("alignment")
 
@@ -119,6 +119,28 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
             out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
             count += 1
     return count
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """One dict per non-blank line; [] when absent. A broken last line without a newline (being written) is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError as exc:
+            if number == len(lines) and not text.endswith("\n"):
+                break
+            raise DataError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
+        if row:
+            rows.append(row)
+    return rows
 
 
 def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

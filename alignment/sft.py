@@ -124,7 +124,7 @@ def main(argv: list[str]) -> None:
         logger.info("data: %s", line)
 
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path)
-    model = load_model(model_args, "causal", tokenizer)
+    model, origin = load_model(model_args, "causal", tokenizer)
     score_labelled_positions_only()
     sample_prompts = [prompt_of(r) for r in (evaluation or train).select(range(min(stage_args.num_samples, len(evaluation or train))))]
     trainer = SFTTrainer(
@@ -141,7 +141,7 @@ def main(argv: list[str]) -> None:
         metrics.update(final_evaluation(trainer))
     metrics = final_metrics(metrics, trainer)
     if trainer.is_world_process_zero():
-        save_model(trainer.model, tokenizer, run_dir, kind="causal", method=model_args.method, stage="sft")
+        save_model(trainer.model, tokenizer, run_dir, kind="causal", origin=origin, method=model_args.method, stage="sft")
     write_results(trainer, run_dir, metrics, data.report)
     logger.info("SFT finished: %s", {k: v for k, v in metrics.items() if "loss" in k or "perplexity" in k})
 

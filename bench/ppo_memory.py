@@ -135,8 +135,8 @@ def make_reward_adapter(cfg: dict) -> dict:
     tok = load_tokenizer(MODEL)
     args = ModelArguments(model_name_or_path=MODEL, method="lora", lora_r=LORA["r"], lora_alpha=LORA["lora_alpha"],
                           lora_target_modules=LORA["target_modules"])
-    model = load_model(args, "seq_cls", tok, num_labels=1, init_head=init_reward_head)
-    save_model(model, tok, cfg["rm"], kind="seq_cls", num_labels=1, stage="rm", max_length=128, reward_stats={"mean": 0.0, "std": 1.0})
+    model, origin = load_model(args, "seq_cls", tok, num_labels=1, init_head=init_reward_head)
+    save_model(model, tok, cfg["rm"], kind="seq_cls", origin=origin, num_labels=1, stage="rm", max_length=128, reward_stats={"mean": 0.0, "std": 1.0})
     return {}
 
 
@@ -262,7 +262,7 @@ def sft(cfg: dict) -> dict:
     tok = load_tokenizer(MODEL)
     args = ModelArguments(model_name_or_path=MODEL, method="qlora", lora_r=LORA["r"], lora_alpha=LORA["lora_alpha"],
                           lora_dropout=0.0, lora_target_modules=LORA["target_modules"])
-    model = load_model(args, "causal", tok)
+    model, _ = load_model(args, "causal", tok)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     load_seconds = time.perf_counter() - start
     trim()

@@ -25,7 +25,7 @@ def run_stage(stage: str, recipe: str, timeout: int = 900, **overrides) -> subpr
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Strict, for assertions: a missing file raises (``alignment.report.read_jsonl`` returns [] for a run still
+    """Strict, for assertions: a missing file raises (``alignment.run.read_jsonl`` returns [] for a run still
     being written, which would let a comparison of two missing files pass)."""
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 

@@ -24,8 +24,10 @@ def encoder_runs(tmp_path_factory, tiny_bert_dir):
     root = tmp_path_factory.mktemp("encoder-runs")
     tok = load_tokenizer(tiny_bert_dir)
     args = ModelArguments(model_name_or_path=tiny_bert_dir, method="full")
-    save_model(load_model(args, "seq_cls", tok, num_labels=1), tok, root / "rm", kind="seq_cls", num_labels=1, stage="rm", max_length=64)
-    save_model(load_model(args, "seq_cls", tok, num_labels=2), tok, root / "clf", kind="seq_cls", num_labels=2,
+    rm, rm_origin = load_model(args, "seq_cls", tok, num_labels=1)
+    save_model(rm, tok, root / "rm", kind="seq_cls", origin=rm_origin, num_labels=1, stage="rm", max_length=64)
+    classifier, classifier_origin = load_model(args, "seq_cls", tok, num_labels=2)
+    save_model(classifier, tok, root / "clf", kind="seq_cls", origin=classifier_origin, num_labels=2,
                label_names=["negative", "positive"], stage="classify", max_length=8)
     return root
 

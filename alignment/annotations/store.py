@@ -45,7 +45,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError
 
 from alignment.annotations import agreement
 from alignment.annotations import export as export_rules
@@ -231,12 +232,23 @@ def _like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+def _without_password(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("://")[0] + "://…"
+
+
 def _make_engine(url_or_path: str | Path) -> Engine:
     url = str(url_or_path)
     if "://" not in url:
         url = f"sqlite:///{Path(url).expanduser().resolve()}"
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        try:
+            return create_engine(url, pool_pre_ping=True)
+        except (ArgumentError, ModuleNotFoundError) as e:  # a bad URL, an unknown dialect or a missing driver
+            raise DataError(f"{_without_password(url)}: cannot open this database URL ({e}); a SQLite file path, or "
+                            "postgresql+psycopg://USER:PASSWORD@HOST/DB with `pip install 'alignment[postgres]'`") from e
     if url in ("sqlite://", "sqlite:///:memory:"):
         raise DataError(f"{url}: an in-memory SQLite database is not shared between connections; give a file path")
     engine = create_engine(url, connect_args={"timeout": 60}, pool_size=10, max_overflow=30)

@@ -119,10 +119,11 @@ def check_splits(splits, args: ClassifyArguments, config: TrainingArguments) -> 
 
 
 def fit(model_args, args: ClassifyArguments, config, prepared: Prepared, callbacks: list[TrainerCallback] = (), resume: bool = False):
-    """Train one model as the recipe says; returns ``(trainer, train_output)`` (the best model loaded when
-    ``load_best_model_at_end``). Seeded first: search trials initialise their heads alike."""
+    """Train one model as the recipe says; returns ``(trainer, train_output, origin)`` (the best model loaded when
+    ``load_best_model_at_end``; ``origin`` for :func:`save_model`). Seeded first: search trials initialise their
+    heads alike."""
     set_seed(config.seed)
-    model = load_model(model_args, "seq_cls", prepared.tokenizer, label_names=prepared.label_names)
+    model, origin = load_model(model_args, "seq_cls", prepared.tokenizer, label_names=prepared.label_names)
     train = prepared.encoded["train"]
     stopping = [EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold)] if args.early_stopping_patience else []
     trainer = ClassifierTrainer(
@@ -139,7 +140,7 @@ def fit(model_args, args: ClassifyArguments, config, prepared: Prepared, callbac
         layer_lr_decay=args.layer_lr_decay,
     )
     output = trainer.train(resume_from_checkpoint=resume_from(config.output_dir, resume))
-    return trainer, output
+    return trainer, output, origin
 
 
 def search_then_parse(argv: list[str], spec: SearchSpec, run_dir: Path, prepared: Prepared):
@@ -148,7 +149,7 @@ def search_then_parse(argv: list[str], spec: SearchSpec, run_dir: Path, prepared
     def train_trial(flags: list[str], callbacks: list[TrainerCallback]) -> dict[str, float]:
         model_args, _, args, config = parse(argv + flags)
         check_combination(args, config)  # combinations of values the up-front examples did not hold
-        trainer, _ = fit(model_args, args, config, prepared, callbacks)
+        trainer, _, _ = fit(model_args, args, config, prepared, callbacks)
         return {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
 
     best = run_search(spec, run_dir / "search", train_trial)
@@ -224,11 +225,11 @@ def main(argv: list[str]) -> None:
     if spec:
         (model_args, _, args, config), best = search_then_parse(argv, spec, run_dir, prepared)
         report["search"] = {"best_params": best, "trials": str(run_dir / "search" / "trials.json")}
-    trainer, output = fit(model_args, args, config, prepared, resume=args.resume)
+    trainer, output, origin = fit(model_args, args, config, prepared, resume=args.resume)
     if not trainer.is_world_process_zero():
         return
     save_model(
-        trainer.model, tokenizer, run_dir, kind="seq_cls", label_names=label_names, method=model_args.method,
+        trainer.model, tokenizer, run_dir, kind="seq_cls", origin=origin, label_names=label_names, method=model_args.method,
         stage="classify", max_length=args.max_length, bf16=config.bf16,
     )
     report.update(training_summary(trainer, output))

@@ -2,6 +2,7 @@
 
 from alignment.models.args import ModelArguments
 from alignment.models.loader import (
+    ModelOrigin,
     head_module_names,
     load_model,
     load_tokenizer,
@@ -16,6 +17,7 @@ from alignment.models.loader import (
 
 __all__ = [
     "ModelArguments",
+    "ModelOrigin",
     "head_module_names",
     "load_model",
     "load_tokenizer",

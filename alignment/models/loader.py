@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from dataclasses import dataclass
+
 import torch
 from filelock import FileLock
 
@@ -32,6 +34,16 @@ CHATML_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelOrigin:
+    """What :func:`load_model` loaded, for :func:`save_model` to record: the base an adapter sits on (a ``builtin:``
+    name stays a name), the adapter merged into that base when there was one, and a classifier's pooling."""
+
+    base_model: str | None = None
+    base_merged_from: str | None = None
+    pooling: str | None = None
 
 
 def torch_dtype(name: str | None) -> torch.dtype | str:
@@ -150,8 +162,8 @@ def no_head_for(kind: Kind, path: str, name: str) -> str:
 
 
 def _from_pretrained(path: str, kind: Kind, args: ModelArguments, label_kwargs: dict[str, Any], meta: dict[str, Any]):
-    """The checkpoint at ``path`` (quantised as ``args`` says), a classifier pooling as ``args.pooling`` resolves with
-    ``meta``, the run folder's record."""
+    """``(model, pooling)``: the checkpoint at ``path`` (quantised as ``args`` says), a classifier pooling as
+    ``args.pooling`` resolves with ``meta``, the run folder's record (None for other kinds)."""
     kwargs: dict[str, Any] = dict(
         dtype=torch_dtype(args.dtype),
         trust_remote_code=args.trust_remote_code,
@@ -172,9 +184,10 @@ def _from_pretrained(path: str, kind: Kind, args: ModelArguments, label_kwargs: 
     if q is not None:
         release_checkpoint_mapping(model)
         use_one_4bit_kernel(model)
-    if kind == "seq_cls":
-        apply_pooling(model, resolve_pooling(args.pooling, path, meta))
-    return model
+    pooling = resolve_pooling(args.pooling, path, meta) if kind == "seq_cls" else None
+    if pooling:
+        apply_pooling(model, pooling)
+    return model, pooling
 
 
 def use_one_4bit_kernel(model) -> None:
@@ -211,8 +224,9 @@ def load_model(
     training: bool = True,
     init_head: Callable[[Any], None] | None = None,
     continue_adapter: bool = True,
-):
-    """Load ``args.model_name_or_path`` with the head for ``kind``, quantised and adapted as ``args`` says.
+) -> tuple[Any, ModelOrigin]:
+    """Load ``args.model_name_or_path`` with the head for ``kind``, quantised and adapted as ``args`` says; return
+    the model and its :class:`ModelOrigin` (what :func:`save_model` records).
 
     ``init_head(model)`` initialises a freshly created head (not one restored from a classifier run folder) before
     adapters wrap it.
@@ -235,16 +249,14 @@ def load_model(
         merged_from = None
     meta = read_meta(path)
     fresh_head = kind == "seq_cls" and meta.get("kind") != "seq_cls"
-    model = _from_pretrained(path, kind, args, label_kwargs, meta)
+    model, pooling = _from_pretrained(path, kind, args, label_kwargs, meta)
     _sync_special_tokens(model, tokenizer)
     if init_head is not None and fresh_head:
         init_head(model)
     if training:
         model = apply_method(model, args, kind)
-    model.alignment_base_model = base_name  # what save_model records as the base an adapter sits on
-    model.alignment_base_merged_from = merged_from
     log_footprint(model, args.model_name_or_path)
-    return model
+    return model, ModelOrigin(base_name, merged_from, pooling)
 
 
 def _label_kwargs(kind: Kind, label_names: list[str] | None, num_labels: int | None) -> dict[str, Any]:
@@ -268,17 +280,15 @@ def _load_with_adapter(path: str, kind: Kind, args: ModelArguments, tokenizer, l
     elif kind == "seq_cls" and meta.get("num_labels"):
         label_kwargs = _label_kwargs(kind, None, meta["num_labels"])
     base_args = _with(args, model_name_or_path=_adapter_base(path))
-    base = _from_pretrained(_resolve(base_args.model_name_or_path), kind, base_args, label_kwargs, meta)
+    base, pooling = _from_pretrained(_resolve(base_args.model_name_or_path), kind, base_args, label_kwargs, meta)
     _sync_special_tokens(base, tokenizer)
     if training and (args.load_in_4bit or args.load_in_8bit):
         from peft import prepare_model_for_kbit_training
 
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     model = PeftModel.from_pretrained(base, path, is_trainable=training)
-    model.alignment_base_model = base_args.model_name_or_path
-    model.alignment_base_merged_from = meta.get("base_merged_from")
     log_footprint(model, args.model_name_or_path)
-    return model
+    return model, ModelOrigin(base_args.model_name_or_path, meta.get("base_merged_from"), pooling)
 
 
 def _with(args: ModelArguments, **changes) -> ModelArguments:
@@ -394,20 +404,19 @@ def log_footprint(model, name: str) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------- save / reload / merge
-def save_model(model, tokenizer, out_dir: str | Path, *, kind: Kind, **meta: Any) -> None:
-    """Save weights (peft adapter or full checkpoint), tokenizer and ``alignment_model.json`` (kind, base the
-    adapter sits on — a ``builtin:`` name stays a name — a classifier's pooling, labels and whatever else the stage
-    passes)."""
+def save_model(model, tokenizer, out_dir: str | Path, *, kind: Kind, origin: ModelOrigin | None = None, **meta: Any) -> None:
+    """Save weights (peft adapter or full checkpoint), tokenizer and ``alignment_model.json``: kind, what ``origin``
+    (from :func:`load_model`) says — the base an adapter sits on, a classifier's pooling — labels and whatever else
+    the stage passes."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
-    base = getattr(model, "alignment_base_model", None)
-    if base and is_adapter(out):
-        meta = {"base_model": base, "base_merged_from": getattr(model, "alignment_base_merged_from", None), **meta}
-    pooling = getattr(model, "alignment_pooling", None)
-    meta = {"kind": kind, **({"pooling": pooling} if pooling else {}), **meta}
+    origin = origin or ModelOrigin()
+    if origin.base_model and is_adapter(out):
+        meta = {"base_model": origin.base_model, "base_merged_from": origin.base_merged_from, **meta}
+    meta = {"kind": kind, **({"pooling": origin.pooling} if origin.pooling else {}), **meta}
     (out / META_FILE).write_text(json.dumps(meta, indent=2))
 
 
@@ -421,7 +430,7 @@ def load_trained(path: str | Path, kind: Kind | None = None, *, dtype: str = "fl
     method = "qlora" if overrides.get("load_in_4bit") else "full"  # only decides the quantisation at inference
     args = ModelArguments(model_name_or_path=path, method=method, dtype=dtype, **overrides)
     tokenizer = load_tokenizer(path, padding_side="left" if kind == "causal" else "right")
-    model = load_model(args, kind, tokenizer, label_names=meta.get("label_names"), num_labels=meta.get("num_labels"), training=False)
+    model, _ = load_model(args, kind, tokenizer, label_names=meta.get("label_names"), num_labels=meta.get("num_labels"), training=False)
     model.eval()
     return model, tokenizer, meta
 

@@ -54,7 +54,6 @@ def apply_pooling(model, pooling: str) -> None:
 
     ``mean`` replaces the backbone's ``pooler`` (a BERT-style encoder's): its weights are dropped, and a run folder
     records ``pooling: mean`` so every reload pools the same way."""
-    model.alignment_pooling = pooling
     if pooling == "model":
         return
     backbone = getattr(model, model.base_model_prefix, None)

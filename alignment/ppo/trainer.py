@@ -165,14 +165,14 @@ class PPOTrainer:
         set_seed(config.seed, device_specific=True)
         self.tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path, padding_side="left")
         self.tokenizer.truncation_side = "left"
-        policy = load_model(model_args, "causal", self.tokenizer)
+        policy, self.origin = load_model(model_args, "causal", self.tokenizer)
         reference = model_args.model_name_or_path if is_adapter(model_args.model_name_or_path) else None
         actor_critic = ActorCritic(policy, config.value_model, peft_config(model_args, "causal", []), reference)
         actor_critic.eval()  # dropout off for good: rollouts and updates must see the same policy
         if config.gradient_checkpointing:
             actor_critic.enable_gradient_checkpointing()  # updates then run in training mode, dropout zeroed
         self.reward: WeightedReward = load_reward(
-            config, actor_critic, getattr(policy, "alignment_base_model", None), accelerator.device, self.tokenizer
+            config, actor_critic, self.origin.base_model, accelerator.device, self.tokenizer
         )
         self.columns = [c for c in self.prompts[0] if c != "prompt"]
         optimizer = torch.optim.AdamW(
@@ -659,7 +659,7 @@ class PPOTrainer:
         if self.accelerator.is_main_process:
             model = self.actor_critic
             model.keep_only_policy()
-            save_model(model.model, self.tokenizer, self.run_dir, kind="causal", method=self.model_args.method, stage="ppo",
+            save_model(model.model, self.tokenizer, self.run_dir, kind="causal", origin=self.origin, method=self.model_args.method, stage="ppo",
                        ppo_steps=self.step, advantage_estimator=self.config.advantage_estimator)
             write_json(self.run_dir / "metrics.json", summary)
         self.accelerator.wait_for_everyone()

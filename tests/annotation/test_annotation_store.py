@@ -333,3 +333,12 @@ def test_a_small_task_cache_still_serves_every_task_right(prompt_with, monkeypat
         store.submit("r1", view.task_id, sid(), choice="A", strength="clearly")
     assert len(seen) == 3 and len(store._tasks) == 1
     assert len(store.export_preferences("per-rater")) == 3
+
+
+@pytest.mark.parametrize("url", ["mysql://rater:s3cret@localhost/votes", "nosuch://rater:s3cret@host/db", "postgres ql://x"])
+def test_a_url_the_store_cannot_open_is_a_data_error_that_hides_the_password(url):
+    """A missing driver, an unknown dialect or an unparsable URL: one message naming the URL (password masked) and
+    what the store takes, not a SQLAlchemy traceback."""
+    with pytest.raises(DataError, match=r"cannot open this database URL .*postgresql\+psycopg") as raised:
+        AnnotationStore(url)
+    assert "s3cret" not in str(raised.value) and url.split("://")[0] in str(raised.value)

@@ -3,6 +3,10 @@ SQLite store: answers that are incomplete, hotkeys, guidelines, the login page, 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 from annotation import test_annotation_browser as base
 from annotation.test_annotation_browser import ARTIFACTS, CHROMEDRIVER, CHROMIUM, login_in_browser, no_alert
@@ -264,14 +268,19 @@ def test_my_judgements_row_click_loads_it_for_editing_then_logout(served, browse
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#login-message"))  # back to the login page
 
 
-def test_an_admin_sees_imported_tasks_flags_and_raters_in_the_dashboard(served, browser):
+def test_an_admin_imports_tasks_with_the_cli_and_sees_them_flags_and_raters_in_the_dashboard(served, browser, tmp_path):
     import httpx
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
     store, url = served()
-    rows = [{"prompt": f"Question {n}?", "candidates": [f"answer {n}a", f"answer {n}b"]} for n in range(3)]
-    store.import_tasks(rows, task_set="support-v1", kind="pairwise", judgements_per_task=2)
+    tasks = tmp_path / "support.jsonl"
+    tasks.write_text("".join(json.dumps({"prompt": f"Question {n}?", "candidates": [f"answer {n}a", f"answer {n}b"]}) + "\n"
+                             for n in range(3)))
+    # the admin's command, in its own process, against the store the running app serves
+    subprocess.run([sys.executable, "-m", "annotation_ui", "tasks", "import", str(tasks), "--task_set", "support-v1",
+                    "--kind", "pairwise", "--judgements_per_task", "2", "--db", str(tmp_path / "annotations.db")],
+                   check=True, capture_output=True, text=True, timeout=120)
     view = store.next_task("bob")
     store.submit("bob", view.task_id, "s-1", choice="A", strength="clearly", flags=["harmful"], rationale="unsafe advice")
     login_in_browser(browser, url, "root", "root-pw")

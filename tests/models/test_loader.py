@@ -45,11 +45,11 @@ def _scores(model, tok):
 def test_adapter_with_head_round_trip(tmp_path, name, labels, method):
     args = ModelArguments(model_name_or_path=name, method=method, lora_r=4)
     tok = load_tokenizer(name)
-    model = load_model(args, "seq_cls", tok, label_names=labels, num_labels=None if labels else 1)
+    model, origin = load_model(args, "seq_cls", tok, label_names=labels, num_labels=None if labels else 1)
     _perturb_adapter(model)
     model.eval()
     before = _scores(model, tok)
-    save_model(model, tok, tmp_path / "run", kind="seq_cls", label_names=labels, num_labels=len(labels) if labels else 1)
+    save_model(model, tok, tmp_path / "run", kind="seq_cls", origin=origin, label_names=labels, num_labels=len(labels) if labels else 1)
     reloaded, tok2, meta = load_trained(tmp_path / "run")
     assert meta["base_model"] == name
     torch.testing.assert_close(_scores(reloaded, tok2), before, rtol=0, atol=1e-6)
@@ -61,7 +61,7 @@ def test_methods_freeze_the_right_parameters():
     tok = load_tokenizer("builtin:minilm-l6")
     counts = {}
     for method in ("full", "freeze", "lora", "ia3", "prompt_tuning"):
-        model = load_model(ModelArguments(model_name_or_path="builtin:minilm-l6", method=method), "seq_cls", tok, label_names=["a", "b"])
+        model, _ = load_model(ModelArguments(model_name_or_path="builtin:minilm-l6", method=method), "seq_cls", tok, label_names=["a", "b"])
         counts[method] = parameter_counts(model)
         if method == "freeze":
             trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
@@ -71,9 +71,9 @@ def test_methods_freeze_the_right_parameters():
     assert counts["freeze"][0] == 384 * 2 + 2
     assert 0 < counts["ia3"][0] < counts["lora"][0] < total
     assert counts["prompt_tuning"][0] > 0
-    partial = load_model(ModelArguments(model_name_or_path="builtin:minilm-l6", method="full", freeze_layers=3), "seq_cls", tok, label_names=["a", "b"])
+    partial, _ = load_model(ModelArguments(model_name_or_path="builtin:minilm-l6", method="full", freeze_layers=3), "seq_cls", tok, label_names=["a", "b"])
     assert parameter_counts(partial)[0] < total
-    embeddings_frozen = load_model(
+    embeddings_frozen, _ = load_model(
         ModelArguments(model_name_or_path="builtin:minilm-l6", method="full", freeze_embeddings=True), "seq_cls", tok, label_names=["a", "b"]
     )
     frozen = {n for n, p in embeddings_frozen.named_parameters() if not p.requires_grad}
@@ -86,10 +86,10 @@ def test_methods_freeze_the_right_parameters():
 def test_qlora_loads_4bit_and_export_merges_into_dequantised_base(tmp_path):
     name = "builtin:smollm2-135m-instruct"
     tok = load_tokenizer(name)
-    model = load_model(ModelArguments(model_name_or_path=name, method="qlora", lora_r=4, lora_target_modules=["q_proj", "v_proj"]), "causal", tok)
+    model, origin = load_model(ModelArguments(model_name_or_path=name, method="qlora", lora_r=4, lora_target_modules=["q_proj", "v_proj"]), "causal", tok)
     assert any("Linear4bit" in type(m).__name__ for m in model.modules())
     _perturb_adapter(model)
-    save_model(model, tok, tmp_path / "adapter", kind="causal")
+    save_model(model, tok, tmp_path / "adapter", kind="causal", origin=origin)
     adapter, tok2, _ = load_trained(tmp_path / "adapter")  # fp32 base + adapter
     merged_dir = merge_adapter(tmp_path / "adapter", tmp_path / "merged")
     merged, _, meta = load_trained(merged_dir)
@@ -131,7 +131,7 @@ def test_4bit_load_releases_the_checkpoint_file(tmp_path):
     LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
     tok = load_tokenizer("builtin:smollm2-135m-instruct")
     args = ModelArguments(model_name_or_path=str(tmp_path / "tiny"), method="qlora", lora_r=4, lora_target_modules=["q_proj"])
-    model = load_model(args, "causal", tok, training=False)
+    model, _ = load_model(args, "causal", tok, training=False)
     gc.collect()
     assert any("Linear4bit" in type(m).__name__ for m in model.modules())
     assert str(tmp_path / "tiny" / "model.safetensors") not in Path("/proc/self/maps").read_text()
@@ -149,7 +149,7 @@ def test_4bit_layers_compute_alike_in_eval_and_training(tmp_path):
     LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
     tok = load_tokenizer("builtin:smollm2-135m-instruct")
     args = ModelArguments(model_name_or_path=str(tmp_path / "tiny"), method="qlora", lora_r=4, lora_target_modules=["q_proj"])
-    model = load_model(args, "causal", tok, training=False)
+    model, _ = load_model(args, "causal", tok, training=False)
     ids = torch.randint(0, 512, (2, 12))
     model.train()
     with torch.no_grad():
@@ -175,10 +175,10 @@ def test_an_adapter_merges_into_a_copy_of_its_base_in_the_bases_own_dtype(tmp_pa
     AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16).save_pretrained(base)
     load_tokenizer(tiny_llama_dir).save_pretrained(base)
     tok = load_tokenizer(str(base))
-    sft = load_model(ModelArguments(model_name_or_path=str(base), method="lora", lora_r=4, dtype="bfloat16"), "causal", tok)
+    sft, origin = load_model(ModelArguments(model_name_or_path=str(base), method="lora", lora_r=4, dtype="bfloat16"), "causal", tok)
     torch.manual_seed(3)
     _perturb_adapter(sft)
-    save_model(sft, tok, tmp_path / "sft", kind="causal", stage="sft")
+    save_model(sft, tok, tmp_path / "sft", kind="causal", origin=origin, stage="sft")
     merged = Path(merged_checkpoint(tmp_path / "sft"))
     weights = load_file(next(merged.glob("*.safetensors")))
     assert {w.dtype for w in weights.values()} == {torch.bfloat16}

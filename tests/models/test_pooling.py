@@ -32,7 +32,9 @@ def _tiny_bert(path, *, sentence_transformers_pooling: bool):
 
 
 def _load(path, tok, **keys):
-    return load_model(ModelArguments(model_name_or_path=path, method="full", **keys), "seq_cls", tok, num_labels=1).eval()
+    """(model in eval mode, its ModelOrigin)."""
+    model, origin = load_model(ModelArguments(model_name_or_path=path, method="full", **keys), "seq_cls", tok, num_labels=1)
+    return model.eval(), origin
 
 
 def _scores(model, tok, texts):
@@ -41,10 +43,10 @@ def _scores(model, tok, texts):
 
 
 def test_auto_follows_the_checkpoint_and_mean_ignores_padding(tmp_path, tok):
-    st = _load(_tiny_bert(tmp_path / "st", sentence_transformers_pooling=True), tok)
-    plain = _load(_tiny_bert(tmp_path / "plain", sentence_transformers_pooling=False), tok)
-    assert isinstance(st.bert.pooler, MaskedMeanPooler) and st.alignment_pooling == "mean"
-    assert not isinstance(plain.bert.pooler, MaskedMeanPooler) and plain.alignment_pooling == "model"
+    st, st_origin = _load(_tiny_bert(tmp_path / "st", sentence_transformers_pooling=True), tok)
+    plain, plain_origin = _load(_tiny_bert(tmp_path / "plain", sentence_transformers_pooling=False), tok)
+    assert isinstance(st.bert.pooler, MaskedMeanPooler) and st_origin.pooling == "mean"
+    assert not isinstance(plain.bert.pooler, MaskedMeanPooler) and plain_origin.pooling == "model"
     # The head reads the mean over real tokens only: a short row scores the same alone and padded next to a long one.
     alone, batched = _scores(st, tok, [SHORT]), _scores(st, tok, [SHORT, LONG])
     torch.testing.assert_close(batched[:1], alone, rtol=0, atol=1e-6)
@@ -59,13 +61,13 @@ def test_auto_follows_the_checkpoint_and_mean_ignores_padding(tmp_path, tok):
 @pytest.mark.parametrize("requested", ["mean", "model"])
 def test_the_pooling_is_saved_and_reloaded(tmp_path, tok, requested):
     path = _tiny_bert(tmp_path / "st", sentence_transformers_pooling=True)
-    model = _load(path, tok, pooling=requested)
+    model, origin = _load(path, tok, pooling=requested)
     with torch.no_grad():
         model.classifier.weight.normal_()
     before = _scores(model, tok, [SHORT, LONG])
-    save_model(model, tok, tmp_path / "run", kind="seq_cls", num_labels=1)
+    save_model(model, tok, tmp_path / "run", kind="seq_cls", origin=origin, num_labels=1)
     reloaded, tok2, meta = load_trained(tmp_path / "run")
-    assert meta["pooling"] == requested == reloaded.alignment_pooling
+    assert meta["pooling"] == requested and isinstance(reloaded.bert.pooler, MaskedMeanPooler) == (requested == "mean")
     torch.testing.assert_close(_scores(reloaded, tok2, [SHORT, LONG]), before, rtol=0, atol=1e-6)
 
 

@@ -39,12 +39,12 @@ def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("ppo-unit")
     tok = load_tokenizer(BASE)
     lora = ModelArguments(model_name_or_path=BASE, method="lora", lora_r=4, lora_target_modules=["q_proj", "v_proj"])
-    sft = load_model(lora, "causal", tok)
+    sft, sft_origin = load_model(lora, "causal", tok)
     _perturb(sft)
-    save_model(sft, tok, root / "sft", kind="causal", stage="sft")
-    rm = load_model(lora, "seq_cls", tok, num_labels=1, init_head=init_reward_head)
+    save_model(sft, tok, root / "sft", kind="causal", origin=sft_origin, stage="sft")
+    rm, rm_origin = load_model(lora, "seq_cls", tok, num_labels=1, init_head=init_reward_head)
     _perturb(rm)
-    save_model(rm, tok, root / "rm", kind="seq_cls", num_labels=1, stage="rm", max_length=128, reward_stats={"mean": 0.5, "std": 2.0})
+    save_model(rm, tok, root / "rm", kind="seq_cls", origin=rm_origin, num_labels=1, stage="rm", max_length=128, reward_stats={"mean": 0.5, "std": 2.0})
     del sft, rm
     gc.collect()
     prompts = root / "prompts.jsonl"

@@ -115,7 +115,7 @@ def trainer_for(model, tmp_path, **kwargs) -> ClassifierTrainer:
 def test_class_weights_change_the_loss(minilm_batch, tmp_path):
     tok, batch = minilm_batch
     torch.manual_seed(0)
-    model = load_model(ModelArguments(model_name_or_path="builtin:minilm-l6", method="full"), "seq_cls", tok, label_names=LABELS)
+    model, _ = load_model(ModelArguments(model_name_or_path="builtin:minilm-l6", method="full"), "seq_cls", tok, label_names=LABELS)
     model.eval()
     weights = torch.tensor([1.0, 4.0])
     plain = trainer_for(model, tmp_path).compute_loss(model, dict(batch))
@@ -130,7 +130,7 @@ def test_class_weights_change_the_loss(minilm_batch, tmp_path):
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_head_learning_rate_groups(minilm_batch, tmp_path, method):
     tok, _ = minilm_batch
-    model = load_model(ModelArguments(model_name_or_path="builtin:minilm-l6", method=method, lora_r=4), "seq_cls", tok, label_names=LABELS)
+    model, _ = load_model(ModelArguments(model_name_or_path="builtin:minilm-l6", method=method, lora_r=4), "seq_cls", tok, label_names=LABELS)
     optimizer = trainer_for(model, tmp_path, head_learning_rate=1e-3).create_optimizer()
     head = {id(p) for n, p in model.named_parameters() if "classifier" in n and p.requires_grad}
     for group in optimizer.param_groups:
@@ -145,7 +145,7 @@ def test_head_learning_rate_groups(minilm_batch, tmp_path, method):
 @pytest.mark.parametrize("method,head_lr", [("full", 1e-3), ("lora", None)])
 def test_layer_lr_decay_scales_each_layer(minilm_batch, tmp_path, method, head_lr):
     tok, _ = minilm_batch
-    model = load_model(ModelArguments(model_name_or_path="builtin:minilm-l6", method=method, lora_r=4), "seq_cls", tok, label_names=LABELS)
+    model, _ = load_model(ModelArguments(model_name_or_path="builtin:minilm-l6", method=method, lora_r=4), "seq_cls", tok, label_names=LABELS)
     optimizer = trainer_for(model, tmp_path, head_learning_rate=head_lr, layer_lr_decay=0.5).create_optimizer()
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     for name, p in model.named_parameters():

@@ -18,7 +18,8 @@ from matplotlib.image import imread
 
 from alignment.classify.metrics import plot_confusion
 from alignment.errors import AlignmentError, DataError
-from alignment.report import build_report, main, ppo_panels, read_jsonl, train_eval_panels
+from alignment.report import build_report, main, ppo_panels, train_eval_panels
+from alignment.run import read_jsonl
 
 from helpers import ROOT, metrics, run_stage, write_jsonl
 
