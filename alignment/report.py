@@ -58,7 +58,8 @@ class Figures:
         self.folder, self.stem, self.prefix = folder, stem, prefix
 
     def for_stage(self, name: str) -> Figures:
-        return Figures(self.folder, self.stem, f"{self.prefix}{name}-")
+        """The figures of stage ``name`` (a manifest key: ``rm``, or ``round-2/rm``, written ``round-2-rm-``)."""
+        return Figures(self.folder, self.stem, f"{self.prefix}{name.replace('/', '-')}-")
 
     def path(self, name: str) -> Path:
         return self.folder / f"{self.stem}-{self.prefix}{name}.png"

@@ -10,8 +10,8 @@ $PIP install -q --upgrade pip
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   if [ -n "${TORCH_SPEC:-}" ]; then
     $PIP install -q $TORCH_SPEC                      # e.g. TORCH_SPEC="torch==2.6.0 --index-url ..."
-  elif [ -d /etc/xdg/pip ]; then
-    $PIP install -q torch==2.13.0                    # this workplace: a CPU build lies on local disk
+  elif $PIP config list 2>/dev/null | grep -qE "(find-links|index-url)="; then
+    $PIP install -q torch==2.13.0                    # pip has its own wheel source configured: use it as it is
   elif ! command -v nvidia-smi >/dev/null 2>&1; then
     $PIP install -q torch --index-url https://download.pytorch.org/whl/cpu   # CPU-only machine: skip CUDA
   else
