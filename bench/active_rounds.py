@@ -76,7 +76,7 @@ def sample(prompts: list[str], n: int, seed: int, cache: Path) -> list[list[str]
 
 
 def train_classifier(work: Path) -> str:
-    from alignment.classify import main as classify_main
+    from alignment.classify.stage import main as classify_main
 
     out = work / "classify"
     if not (out / "alignment_model.json").is_file():
@@ -218,8 +218,8 @@ def main() -> None:
     if len(pool_prompts) < args.rounds * args.prompts_per_round:
         raise SystemExit(f"{POOL} has {len(pool_prompts)} prompts; --rounds x --prompts_per_round needs more")
     held_prompts = read_prompts(HELDOUT, args.heldout)
-    pool_samples = sample(pool_prompts, 4, 0, args.work / "pool_samples.json")
-    held_samples = sample(held_prompts, 8, 1, args.work / "heldout_samples.json")
+    pool_samples = sample(pool_prompts, 4, 0, args.work / f"pool_samples_{len(pool_prompts)}x4.json")
+    held_samples = sample(held_prompts, 8, 1, args.work / f"heldout_samples_{len(held_prompts)}x8.json")
     golds = gold_judges(train_classifier(args.work))
     results: dict = {}
     for task in args.tasks.split(","):
