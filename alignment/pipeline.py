@@ -25,51 +25,45 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from alignment.config import as_flags, build_dataclasses, load_yaml, parse_overrides
 from alignment.errors import AlignmentError, RecipeError
 from alignment.report import build_report, last_key
 from alignment.run import check_writable, environment, read_jsonl, stage_main, write_json, write_jsonl
 from alignment.selection import Strategy
+from alignment.simulate import SimulatedRaters
 
 logger = logging.getLogger(__name__)
 
-STAGE_MODULES = {
-    "classify": "alignment.classify",
-    "sft": "alignment.sft",
-    "candidates": "alignment.candidates",
-    "rm": "alignment.rm",
-    "dpo": "alignment.dpo",
-    "ppo": "alignment.ppo",
-    "evaluate": "alignment.evaluate",
-}
-ORDER = ["classify", "sft", "candidates", "annotate", "rm", "dpo", "ppo", "evaluate"]
 ONCE = ("classify", "sft")  # run before the rounds; the rest runs once per round
+TRAINERS = ("classify", "sft", "rm", "dpo", "ppo")  # trainer runs: named in the trackers by their manifest key
 DATA_KEYS = ("dataset_path", "validation_path", "test_path")
 
 
 @dataclass
-class StageSpec:
-    name: Literal["classify", "sft", "candidates", "annotate", "rm", "dpo", "ppo", "evaluate"] = "sft"
+class StageSpec(SimulatedRaters):
+    """One entry of the pipeline's ``stages``: the stage, its recipe and overrides, and (annotate only) how judgements
+    are collected: simulated raters (SimulatedRaters' keys) or humans in the web app on ``port``."""
+
+    name: str = "sft"  # a key of STAGES
     recipe: str | None = None
     overrides: dict = field(default_factory=dict)
-    # annotate only
     mode: Literal["simulated", "human"] = "simulated"
     oracle: str | None = None
-    raters: int = 3
-    noise: float = 0.1
-    disagreement: float = 0.1
-    tie_threshold: float = 0.02
     export_mode: Literal["majority", "per-rater"] = "per-rater"
     port: int = 7860
+
+    def __post_init__(self) -> None:
+        if self.name not in STAGES:
+            raise ValueError(f"key 'name': expected one of {', '.join(map(repr, STAGES))}; got {self.name!r}")
 
 
 @dataclass
 class PipelineSpec:
     output_dir: str = "runs/pipeline"
     stages: list[dict] = field(default_factory=list)
-    wandb_group: str | None = None
+    wandb_group: str | None = None  # the wandb group of every stage's run (default: the run folder's name)
     # The gold judge: what evaluation and the training monitors trust. Default: the simulated raters' oracle.
     gold: str | None = None
     # Held-out prompts the PPO/DPO monitors score while training (a validation set: the evaluate stage's
@@ -118,8 +112,8 @@ def load_pipeline(path: str) -> tuple[PipelineSpec, list[StageSpec]]:
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise RecipeError(f"{path}: a stage appears twice: {names}")
-    if [n for n in ORDER if n in names] != names:
-        raise RecipeError(f"{path}: stages must run in the order {' → '.join(ORDER)}; got {names}")
+    if [n for n in STAGES if n in names] != names:
+        raise RecipeError(f"{path}: stages must run in the order {' → '.join(STAGES)}; got {names}")
     if (spec.rounds > 1 or spec.selective) and not {"candidates", "annotate"} <= set(names):
         raise RecipeError(f"{path}: rounds and round_budget need a candidates and an annotate stage; got {names}")
     if spec.selection != "random" and "rm" not in names:
@@ -182,40 +176,117 @@ def monitor_keys(spec: PipelineSpec, gold: str | None) -> dict[str, Any]:
     return {"eval_prompts": spec.validation_prompts, **({"gold_reward": gold} if gold else {})}
 
 
+@dataclass(frozen=True)
+class Wiring:
+    """Where a stage of round ``number`` finds the outputs of the stages before it."""
+
+    name: str
+    root: Path
+    present: set[str]
+    spec: PipelineSpec
+    gold: str | None
+    number: int
+
+    @property
+    def here(self) -> Path:
+        return round_dir(self.root, self.spec, self.number)
+
+    @property
+    def out(self) -> dict[str, Any]:
+        folder = self.root if self.name in ONCE else self.here
+        return {"output_dir": str(folder / self.name)}
+
+    @property
+    def policy(self) -> str | None:
+        return current_policy(self.root, self.spec, self.present, self.number)
+
+    @property
+    def start(self) -> dict[str, Any]:
+        return {"model_name_or_path": self.policy} if self.policy else {}
+
+
+def wire_run_folder(w: Wiring) -> dict[str, Any]:
+    return w.out
+
+
+def wire_candidates(w: Wiring) -> dict[str, Any]:
+    keys: dict[str, Any] = {"db": str(w.root / "annotations.db"), **({"policies": [w.policy]} if w.policy else {})}
+    if w.spec.round_prompts:
+        keys.update(dataset_path=str(w.here / "prompts.jsonl"), max_samples=None)
+    if w.spec.selective:  # the annotate step chooses the round's tasks from these
+        keys.update(tasks_per_prompt=0, candidates_out=str(w.here / "candidates.jsonl"))
+    return keys
+
+
+def wire_nothing(w: Wiring) -> dict[str, Any]:
+    return {}
+
+
+def wire_rm(w: Wiring) -> dict[str, Any]:
+    return {**w.out, "dataset_path": str(w.here / "preferences.jsonl")}
+
+
+def wire_dpo(w: Wiring) -> dict[str, Any]:
+    monitor = monitor_keys(w.spec, w.gold)
+    proxy = {"proxy_reward": str(w.here / "rm")} if monitor else {}
+    return {**w.out, "dataset_path": str(w.here / "preferences.jsonl"), **monitor, **proxy, **w.start}
+
+
+def wire_ppo(w: Wiring) -> dict[str, Any]:
+    # PPO optimises the reward model learnt from the judgements, whatever reward its own recipe names.
+    reward = {"reward_model": str(w.here / "rm"), "reward_label": None, "reward_function": None}
+    return {**w.out, **reward, **monitor_keys(w.spec, w.gold), **w.start}
+
+
+def wire_evaluate(w: Wiring) -> dict[str, Any]:
+    sft = [str(w.root / "sft")] if "sft" in w.present else []
+    trained = [str(w.here / n) for n in ("ppo", "dpo") if n in w.present]
+    judges = {"reward": str(w.here / "rm"), **({"gold": w.gold} if w.gold else {})}
+    return {**w.out, "policies": sft + trained, **judges}
+
+
+def outputs_run_folder(step: Step, root: Path, spec: PipelineSpec) -> list[str]:
+    return [str(root / step.key)]
+
+
+def outputs_candidates(step: Step, root: Path, spec: PipelineSpec) -> list[str]:
+    selected = [str(round_dir(root, spec, step.round) / "candidates.jsonl")] if spec.selective else []
+    return [str(root / "annotations.db"), *selected]
+
+
+def outputs_annotate(step: Step, root: Path, spec: PipelineSpec) -> list[str]:
+    return [str(round_dir(root, spec, step.round) / "preferences.jsonl")]
+
+
+@dataclass(frozen=True)
+class StageKind:
+    """A stage the pipeline runs: its module (None: in the pipeline's own process), the recipe keys that wire it to
+    the stages before it, and the files it leaves."""
+
+    module: str | None
+    wire: Callable[[Wiring], dict[str, Any]]
+    outputs: Callable[[Step, Path, PipelineSpec], list[str]] = outputs_run_folder
+
+
+# Every stage the pipeline knows, in the order they run (ONCE and TRAINERS above say which run before the rounds and
+# which train).
+STAGES: dict[str, StageKind] = {
+    "classify": StageKind("alignment.classify", wire_run_folder),
+    "sft": StageKind("alignment.sft", wire_run_folder),
+    "candidates": StageKind("alignment.candidates", wire_candidates, outputs_candidates),
+    "annotate": StageKind(None, wire_nothing, outputs_annotate),
+    "rm": StageKind("alignment.rm", wire_rm),
+    "dpo": StageKind("alignment.dpo", wire_dpo),
+    "ppo": StageKind("alignment.ppo", wire_ppo),
+    "evaluate": StageKind("alignment.evaluate", wire_evaluate),
+}
+
+
 def wiring(stage: StageSpec, root: Path, present: set[str], spec: PipelineSpec, gold: str | None = None,
            number: int = 1) -> dict[str, Any]:
     """Recipe keys that connect ``stage`` (of round ``number``) to the outputs of the stages before it (and to the
     gold judge)."""
-    here = round_dir(root, spec, number)
-    out = root / stage.name if stage.name in ONCE else here / stage.name
-    sft = str(root / "sft") if "sft" in present else None
-    policy = current_policy(root, spec, present, number)
-    prefs, rm = str(here / "preferences.jsonl"), str(here / "rm")
-    if stage.name in ONCE:
-        return {"output_dir": str(out)}
-    if stage.name == "candidates":
-        keys: dict[str, Any] = {"db": str(root / "annotations.db"), **({"policies": [policy]} if policy else {})}
-        if spec.round_prompts:
-            keys.update(dataset_path=str(here / "prompts.jsonl"), max_samples=None)
-        if spec.selective:  # the annotate step chooses the round's tasks from these
-            keys.update(tasks_per_prompt=0, candidates_out=str(here / "candidates.jsonl"))
-        return keys
-    if stage.name == "rm":
-        return {"output_dir": str(out), "dataset_path": prefs}
-    monitor = monitor_keys(spec, gold)
-    start = {"model_name_or_path": policy} if policy else {}
-    if stage.name == "dpo":
-        proxy = {"proxy_reward": rm} if monitor else {}
-        return {"output_dir": str(out), "dataset_path": prefs, **monitor, **proxy, **start}
-    if stage.name == "ppo":
-        # PPO optimises the reward model learnt from the judgements, whatever reward its own recipe names.
-        reward = {"reward_model": rm, "reward_label": None, "reward_function": None}
-        return {"output_dir": str(out), **reward, **monitor, **start}
-    if stage.name == "evaluate":
-        trained = [str(here / n) for n in ("ppo", "dpo") if n in present]
-        judges = {"reward": rm, **({"gold": gold} if gold else {})}
-        return {"output_dir": str(out), "policies": [p for p in [sft, *trained] if p], **judges}
-    return {}
+    return STAGES[stage.name].wire(Wiring(stage.name, root, present, spec, gold, number))
 
 
 def stage_values(stage: StageSpec, wired: dict[str, Any]) -> dict[str, Any]:
@@ -264,8 +335,8 @@ def run_annotate(step: Step, root: Path, present: set[str], spec: PipelineSpec, 
         oracle = oracle_spec(stage, root, present)
         if not oracle:
             raise RecipeError("annotate (simulated) needs an oracle: a reward spec, or a classify stage before it")
-        sim = SimulationArguments(db="", oracle=oracle, raters=stage.raters, noise=stage.noise, disagreement=stage.disagreement,
-                                  tie_threshold=stage.tie_threshold, seed=spec.seed + 1000 * (step.round - 1))
+        judging = {f.name: getattr(stage, f.name) for f in fields(SimulatedRaters)}
+        sim = SimulationArguments(db="", oracle=oracle, seed=spec.seed + 1000 * (step.round - 1), **judging)
         simulate(store, resolve_reward(oracle), sim)
     else:
         wait_for_humans(store, root, stage.port)
@@ -365,8 +436,7 @@ def run_pipeline(recipe: str, start: str | None = None, only: str | None = None)
     keys = [step.key for step in steps]
     forced = select_stages(keys, start, only)
     present = set(by_name)
-    if spec.wandb_group:
-        os.environ.setdefault("WANDB_RUN_GROUP", spec.wandb_group)
+    os.environ.setdefault("WANDB_RUN_GROUP", spec.wandb_group or root.name)  # every stage's wandb run in one group
     gold = gold_spec(spec, stages, root)
     upstream: list[str] = []
     values_of: dict[tuple[int, str], dict[str, Any]] = {}
@@ -392,9 +462,10 @@ def run_pipeline(recipe: str, start: str | None = None, only: str | None = None)
         if stage.name == "annotate":
             extra = run_annotate(step, root, present, spec, values_of.get((step.round, "candidates"), {}))
         else:
-            flags = {**stage.overrides, **wired}
+            named = {"run_name": values.get("run_name") or step.key} if stage.name in TRAINERS else {}
+            flags = {**named, **stage.overrides, **wired}
             log = root / f"{step.key.replace('/', '-')}.log"
-            run_module(STAGE_MODULES[stage.name], stage.recipe, flags, log)
+            run_module(STAGES[stage.name].module, stage.recipe, flags, log)
             extra = {}
         manifest["stages"][step.key] = {
             "hash": digest,
@@ -414,12 +485,7 @@ def run_pipeline(recipe: str, start: str | None = None, only: str | None = None)
 
 
 def stage_outputs(step: Step, root: Path, spec: PipelineSpec) -> list[str]:
-    here = round_dir(root, spec, step.round)
-    if step.stage.name == "candidates":
-        return [str(root / "annotations.db"), *([str(here / "candidates.jsonl")] if spec.selective else [])]
-    if step.stage.name == "annotate":
-        return [str(here / "preferences.jsonl")]
-    return [str(root / step.key)]
+    return STAGES[step.stage.name].outputs(step, root, spec)
 
 
 def round_table(manifest: dict[str, Any], rounds: int) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from importlib import metadata
@@ -39,9 +40,10 @@ def check_writable(run_dir: Path, min_free_bytes: int = MIN_FREE_BYTES) -> None:
     """Fail before training if the run folder cannot be written or its disk is nearly full."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-probe"
-        probe.write_bytes(b"0" * 4096)
-        probe.unlink()
+        # a probe of this process's own: ranks of one run check the same folder at the same time
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-probe-") as probe:
+            probe.write(b"0" * 4096)
+            probe.flush()
     except OSError as exc:
         raise AlignmentError(f"Run folder {run_dir} is not writable: {exc.strerror or exc}") from None
     free = shutil.disk_usage(run_dir).free
@@ -148,18 +150,24 @@ def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
         f.writelines(json.dumps(row, default=float) + "\n" for row in rows)
 
 
-def configure_wandb(report_to: list[str] | str | None, run_dir: str | Path, group: str | None = None) -> None:
-    """Make wandb offline unless an API key is configured; never prompt, never block."""
+def configure_trackers(report_to: list[str] | str | None, run_dir: str | Path) -> None:
+    """Prepare the trackers a run reports to; never prompt, never block.
+
+    wandb logs offline unless an API key is configured, into ``<run>/wandb`` (``wandb sync <run>/wandb/offline-run-*``
+    uploads it later), in the group of ``WANDB_RUN_GROUP`` (the pipeline sets it); a WANDB_MODE, WANDB_DIR or
+    WANDB_PROJECT of the user's own wins. trackio needs nothing: its runs land in a local database (TRACKIO_DIR,
+    default ~/.cache/huggingface/trackio), shown by ``trackio show --project alignment``."""
     targets = [report_to] if isinstance(report_to, str) else (report_to or [])
+    if "trackio" in targets:
+        logger.info("trackio: logging to project 'alignment'; dashboard: trackio show --project alignment")
     if "wandb" not in targets and "all" not in targets:
         return
     os.environ.setdefault("WANDB_PROJECT", "alignment")
     os.environ.setdefault("WANDB_DIR", str(run_dir))
     os.environ.setdefault("WANDB_SILENT", "true")
-    if group:
-        os.environ.setdefault("WANDB_RUN_GROUP", group)
     if not os.environ.get("WANDB_API_KEY") and not _netrc_has_wandb():
-        os.environ["WANDB_MODE"] = "offline"
+        os.environ.setdefault("WANDB_MODE", "offline")
+    if os.environ.get("WANDB_MODE") == "offline":
         logger.info("wandb: no API key configured, logging offline to %s (upload later with `wandb sync`)", run_dir)
 
 

@@ -25,13 +25,19 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SimulationArguments:
-    db: str = field(default="annotations.db", metadata={"help": "The annotation store (path or URL)."})
-    oracle: str = field(default="", metadata={"help": "Reward spec: RM run folder, CLASSIFIER_RUN#label, or module:function."})
+class SimulatedRaters:
+    """How the simulated raters judge (also the pipeline's annotate-stage keys)."""
+
     raters: int = field(default=3, metadata={"help": "Number of simulated raters (users sim-1 … sim-N are created)."})
     noise: float = field(default=0.1, metadata={"help": "Oracle error shared by all raters (per candidate), in units of the score spread."})
     disagreement: float = field(default=0.1, metadata={"help": "Each rater's own noise: raises disagreement between raters."})
     tie_threshold: float = field(default=0.02, metadata={"help": "Noisy scores closer than this (in spread units) tie."})
+
+
+@dataclass
+class SimulationArguments(SimulatedRaters):
+    db: str = field(default="annotations.db", metadata={"help": "The annotation store (path or URL)."})
+    oracle: str = field(default="", metadata={"help": "Reward spec: RM run folder, CLASSIFIER_RUN#label, or module:function."})
     seed: int = field(default=0, metadata={"help": "Seed of the raters' noise."})
 
 

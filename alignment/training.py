@@ -18,7 +18,7 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 from alignment.config import parse_recipe, to_dict
 from alignment.data import DataArguments
 from alignment.errors import AlignmentError, RecipeError
-from alignment.run import configure_wandb, default_output_dir, start_run, write_json
+from alignment.run import configure_trackers, default_output_dir, start_run, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def device_defaults() -> dict[str, Any]:
         "use_cpu": not cuda,
         "bf16": bf16,
         "gradient_checkpointing": False,
-        "report_to": "none",
+        "report_to": "wandb",  # offline unless an API key is configured (alignment.run.configure_trackers)
+        "project": "alignment",  # trackio's project
         "logging_steps": 5,
         "save_total_limit": 2,
         "dataloader_num_workers": 0,
@@ -151,11 +152,11 @@ def parse_stage(argv: list[str], stage: str, classes: tuple[type, ...], defaults
 
 
 def begin(training_args, *configs) -> Path:
-    """Create the run folder (writable, enough disk), write the resolved recipe, configure wandb, and seed every RNG
+    """Create the run folder (writable, enough disk), write the resolved recipe, prepare the trackers, and seed every RNG
     with the recipe's ``seed`` (so a new head is initialised alike run after run, in or out of one process)."""
     set_seed(training_args.seed)
     run_dir = start_run(training_args.output_dir, to_dict(*configs, training_args), is_main=training_args.process_index == 0)
-    configure_wandb(training_args.report_to, run_dir, group=getattr(training_args, "run_name", None))
+    configure_trackers(training_args.report_to, run_dir)
     return run_dir
 
 

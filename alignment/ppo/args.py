@@ -38,8 +38,11 @@ class PPOConfig:
     seed: int = field(default=42, metadata=_help("Seed for prompt order, sampling and initialisation."))
     use_cpu: bool = field(default=False, metadata=_help("Train on the CPU even when a GPU is present."))
     bf16: bool = field(default=False, metadata=_help("bfloat16 mixed precision (accelerate)."))
-    report_to: list[str] = field(default_factory=lambda: ["none"], metadata=_help("Trackers: none, wandb, tensorboard, all."))
-    run_name: str | None = field(default=None, metadata=_help("Tracker run name (wandb group)."))
+    report_to: list[str] = field(
+        default_factory=lambda: ["wandb"],
+        metadata=_help("Trackers: wandb (offline unless an API key is configured), trackio (local dashboard), tensorboard, none."),
+    )
+    run_name: str | None = field(default=None, metadata=_help("Tracker run name (the pipeline names each stage by its key)."))
     save_steps: int = field(default=50, metadata=_help("Write a checkpoint every N PPO steps (and at the end)."))
     save_total_limit: int | None = field(default=2, metadata=_help("Keep only the newest N checkpoints (null: all)."))
     num_samples: int = field(default=4, metadata=_help("Rollouts per step written to samples.jsonl with their rewards."))

@@ -55,7 +55,7 @@ from alignment.ppo.core import (
 from alignment.ppo.modeling import ActorCritic
 from alignment.ppo.rewards import load_reward
 from alignment.rewards import WeightedReward, check_reward_spec
-from alignment.run import append_jsonl, configure_wandb, start_run, truncate_jsonl, write_json
+from alignment.run import append_jsonl, configure_trackers, start_run, truncate_jsonl, write_json
 from alignment.training import ResumeArguments, parse_stage, resume_from
 
 logger = logging.getLogger(__name__)
@@ -211,9 +211,10 @@ class PPOTrainer:
         )
         recipe = to_dict(model_args, data_args, resume_args, monitor_args, config)
         run_dir = start_run(config.output_dir, recipe, is_main=accelerator.is_main_process)
-        configure_wandb(config.report_to, run_dir, group=config.run_name)
+        configure_trackers(config.report_to, run_dir)
         if trackers(config.report_to):
-            accelerator.init_trackers("alignment", config=recipe, init_kwargs={"wandb": {"dir": str(run_dir), "name": config.run_name}})
+            names = {"wandb": {"dir": str(run_dir), "name": config.run_name}, "trackio": {"name": config.run_name}}
+            accelerator.init_trackers("alignment", config=recipe, init_kwargs=names)
         for line in data.report:
             logger.info("data: %s", line)
         prompts = data.splits["train"].to_list()  # {prompt, *extra_columns}

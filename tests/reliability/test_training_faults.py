@@ -154,6 +154,19 @@ def test_unwritable_run_folder_fails_before_training(tmp_path, tiny_llama_dir, m
     record("training_faults", **faults)
 
 
+def test_ranks_check_one_run_folder_without_touching_each_other(tmp_path):
+    """Every rank of a torchrun job checks the same run folder at start; one rank's probe file is never the
+    other's (a shared probe name let rank 0 delete the file rank 1 was about to remove, and rank 1 stopped)."""
+    from alignment.run import check_writable
+
+    others = [tmp_path / ".write-probe", tmp_path / ".write-probe-rank1"]
+    for other in others:
+        other.write_text("another rank's probe")
+    check_writable(tmp_path)
+    assert all(other.read_text() == "another rank's probe" for other in others)
+    assert sorted(tmp_path.iterdir()) == sorted(others)
+
+
 def test_full_disk_fails_before_training(tmp_path, tiny_llama_dir, monkeypatch, capsys):
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=100 * 2**20))

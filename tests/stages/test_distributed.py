@@ -25,7 +25,8 @@ def test_sft_runs_on_two_cpu_processes(tmp_path, tiny_llama_dir):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 0, "\n".join(errors) + "\n" + proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     # 16 rows, 2 per device, 2 ranks: 4 optimizer steps over one epoch (one process alone would take 8)
     assert metrics["world_size"] == 2
