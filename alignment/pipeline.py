@@ -37,7 +37,7 @@ from alignment.simulate import SimulatedRaters
 logger = logging.getLogger(__name__)
 
 ONCE = ("classify", "sft")  # run before the rounds; the rest runs once per round
-TRAINERS = ("classify", "sft", "rm", "dpo", "ppo")  # trainer runs: named in the trackers by their manifest key
+TRAINERS = ("classify", "sft", "rm", "dpo", "ppo")  # trainer runs: named in the trackers by pipeline and manifest key
 DATA_KEYS = ("dataset_path", "validation_path", "test_path")
 
 
@@ -436,7 +436,7 @@ def run_pipeline(recipe: str, start: str | None = None, only: str | None = None)
     keys = [step.key for step in steps]
     forced = select_stages(keys, start, only)
     present = set(by_name)
-    os.environ.setdefault("WANDB_RUN_GROUP", spec.wandb_group or root.name)  # every stage's wandb run in one group
+    group = os.environ.setdefault("WANDB_RUN_GROUP", spec.wandb_group or root.name)  # every stage's run in one group
     gold = gold_spec(spec, stages, root)
     upstream: list[str] = []
     values_of: dict[tuple[int, str], dict[str, Any]] = {}
@@ -462,7 +462,9 @@ def run_pipeline(recipe: str, start: str | None = None, only: str | None = None)
         if stage.name == "annotate":
             extra = run_annotate(step, root, present, spec, values_of.get((step.round, "candidates"), {}))
         else:
-            named = {"run_name": values.get("run_name") or step.key} if stage.name in TRAINERS else {}
+            # a name unique to this pipeline: trackio continues a run of the same name, it does not start another
+            own_name = f"{group}-{step.key.replace('/', '-')}"
+            named = {"run_name": values.get("run_name") or own_name} if stage.name in TRAINERS else {}
             flags = {**named, **stage.overrides, **wired}
             log = root / f"{step.key.replace('/', '-')}.log"
             run_module(STAGES[stage.name].module, stage.recipe, flags, log)
