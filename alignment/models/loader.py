@@ -23,6 +23,7 @@ from filelock import FileLock
 from alignment.errors import ModelError
 from alignment.models import builtin
 from alignment.models.args import PEFT_METHODS, ModelArguments
+from alignment.models.card import base_chain, model_card
 from alignment.models.pooling import apply_pooling, resolve_pooling
 
 logger = logging.getLogger(__name__)
@@ -175,19 +176,55 @@ def _from_pretrained(path: str, kind: Kind, args: ModelArguments, label_kwargs: 
     q = quantization_config(args)
     if q is not None:
         kwargs["quantization_config"] = q
+    report = logging.getLogger("transformers.modeling_utils")
+    report.addFilter(HOLD_LOAD_REPORT)  # replaced by report_unexplained_keys
     try:
-        model = _auto_class(kind).from_pretrained(path, **kwargs)
+        model, loading = _auto_class(kind).from_pretrained(path, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as exc:
         if "Unrecognized configuration class" in str(exc):
             raise ModelError(no_head_for(kind, path, args.model_name_or_path)) from None
         raise ModelError(f"Could not load a {kind} model from '{args.model_name_or_path}': {exc}") from None
+    finally:
+        report.removeFilter(HOLD_LOAD_REPORT)
     if q is not None:
         release_checkpoint_mapping(model)
         use_one_4bit_kernel(model)
     pooling = resolve_pooling(args.pooling, path, meta) if kind == "seq_cls" else None
+    fresh_head = kind == "seq_cls" and read_meta(path).get("kind") != "seq_cls"  # the checkpoint's own, not an adapter's
+    report_unexplained_keys(model, args.model_name_or_path, loading, fresh_head=fresh_head, mean_pooled=pooling == "mean")
     if pooling:
         apply_pooling(model, pooling)
     return model, pooling
+
+
+class _HoldLoadReport(logging.Filter):
+    """Holds back transformers' table of missing and unexpected weights: most rows are expected in our loads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
+HOLD_LOAD_REPORT = _HoldLoadReport()
+
+
+def report_unexplained_keys(model, name: str, loading: dict[str, Any], *, fresh_head: bool, mean_pooled: bool) -> list[str]:
+    """Warn about the checkpoint keys a load did not explain, and return them.
+
+    Expected, so not reported: a new classifier head (``score``, ``classifier``) missing from a checkpoint without
+    one, and the checkpoint's own other head (an LM head) left unused; BERT's ``pooler`` missing under mean pooling,
+    which replaces it. Anything else (a backbone weight missing, a shape mismatch) is a real problem."""
+    heads = tuple(f"{n}." for n in head_module_names(model)) if fresh_head else ()
+    prefix = model.base_model_prefix
+    pooler = (f"{prefix}.pooler.", "pooler.") if mean_pooled else ()
+    missing = [k for k in sorted(loading["missing_keys"]) if not k.startswith(heads + pooler)]
+    unexpected = [] if fresh_head else [k for k in sorted(loading["unexpected_keys"]) if not k.startswith(pooler)]
+    mismatched = [f"{k} (checkpoint {tuple(a)}, model {tuple(b)})" for k, a, b in sorted(loading["mismatched_keys"])]
+    lines = [f"{what}: {', '.join(keys)}" for what, keys in (
+        ("missing from the checkpoint, newly initialised", missing), ("in the checkpoint but unused", unexpected),
+        ("of another shape, newly initialised", mismatched)) if keys]
+    if lines:
+        logger.warning("Loading %s: weights %s", name, "; ".join(lines))
+    return missing + unexpected + mismatched
 
 
 def use_one_4bit_kernel(model) -> None:
@@ -418,6 +455,19 @@ def save_model(model, tokenizer, out_dir: str | Path, *, kind: Kind, origin: Mod
         meta = {"base_model": origin.base_model, "base_merged_from": origin.base_merged_from, **meta}
     meta = {"kind": kind, **({"pooling": origin.pooling} if origin.pooling else {}), **meta}
     (out / META_FILE).write_text(json.dumps(meta, indent=2))
+    if is_adapter(out):
+        portable_base(out, meta)
+    (out / "README.md").write_text(model_card(out, kind, meta, adapter=is_adapter(out), read_meta=read_meta))
+
+
+def portable_base(adapter_dir: Path, meta: dict[str, Any]) -> None:
+    """Name, in ``adapter_config.json``, the base a user elsewhere can resolve: the original model (``builtin:``
+    name, hub id or the recipe's path), not this machine's cache of merged copies; the card lists the merges."""
+    base, _ = base_chain(meta, read_meta)
+    config_file = adapter_dir / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    if base and config.get("base_model_name_or_path") != base:
+        config_file.write_text(json.dumps({**config, "base_model_name_or_path": base}, indent=2, sort_keys=True))
 
 
 def load_trained(path: str | Path, kind: Kind | None = None, *, dtype: str = "float32", **overrides: Any):
