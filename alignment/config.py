@@ -185,7 +185,7 @@ def describe_keys(classes: tuple[type, ...], defaults: dict[str, Any] | None = N
         title = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         lines.append(f"\n{cls.__name__}: {title}" if title else f"\n{cls.__name__}:")
         for f in dataclasses.fields(cls):
-            if not f.init or f.name in seen or f.name.startswith("_"):
+            if not f.init or f.name in seen or f.name.startswith("_") or unused_key(classes, f.name):
                 continue
             seen.add(f.name)
             if f.name in defaults:
@@ -258,17 +258,29 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
 POST_INIT_ERRORS = (ValueError, TypeError, OSError, ImportError, ArithmeticError)
 
 
+def unused_key(classes: tuple[type, ...], key: str) -> str | None:
+    """Why ``key`` is not a recipe key of ``classes``, for a key a class inherits but does not read (PPO's config is
+    a TrainingArguments with its own loop): the class's ``unused_key(key)`` says, unless another class reads it."""
+    reasons = [why for c in classes if (why := getattr(c, "unused_key", lambda k: None)(key))]
+    readers = [c for c in classes if key in _field_hints(c) and not getattr(c, "unused_key", lambda k: None)(key)]
+    return reasons[0] if reasons and not readers else None
+
+
 def build_dataclasses(
-    values: dict[str, Any], classes: tuple[type, ...], source: str, *, check_paths: tuple[str, ...] = ()
+    values: dict[str, Any], classes: tuple[type, ...], source: str, *, check_paths: tuple[str, ...] = (),
+    given: set[str] | None = None,
 ) -> tuple[Any, ...]:
     """Instantiate each dataclass in ``classes`` from the flat ``values`` mapping.
 
     A key may belong to several classes (e.g. ``trust_remote_code``); it is given to each. ``check_paths`` names keys
     whose value must be an existing file or folder (``builtin:`` names and hub-style ids are left to their loaders).
+    ``given``: the keys the user wrote (the rest are defaults), each checked to be a key of ``classes``; default all.
     """
     hints = [_field_hints(c) for c in classes]
-    valid = sorted({k for h in hints for k in h})
-    for key in values:
+    valid = sorted({k for h in hints for k in h if not unused_key(classes, k)})
+    for key in values if given is None else given:
+        if why := unused_key(classes, key):
+            raise RecipeError(f"{source}: key '{key}' is not used here: {why}")
         if key not in valid:
             raise RecipeError(f"{source}: unknown key '{key}'.{_suggest(str(key), valid)}")  # YAML keys may be numbers
     choices = [_field_choices(c) for c in classes]
@@ -316,14 +328,15 @@ def parse_recipe(
 
     Precedence: command-line flags over the YAML file over ``defaults`` (the stage's own defaults).
     """
-    values: dict[str, Any] = dict(defaults or {})
+    written: dict[str, Any] = {}
     source = "command line"
     if argv and not argv[0].startswith("--"):
         source = argv[0]
-        values.update(load_yaml(argv[0]))
+        written.update(load_yaml(argv[0]))
         argv = argv[1:]
-    values.update(parse_overrides(argv))
-    return build_dataclasses(values, classes, source, check_paths=check_paths)
+    written.update(parse_overrides(argv))
+    values = {**(defaults or {}), **written}
+    return build_dataclasses(values, classes, source, check_paths=check_paths, given=set(written))
 
 
 def as_flags(values: dict[str, Any]) -> list[str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
+
+from transformers import TrainingArguments
 
 from alignment.rewards import RewardTerm, parse_reward_terms
 
@@ -24,32 +26,42 @@ def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
 
+# The TrainingArguments keys the PPO loop reads; it runs its own loop, so every other one is refused by name.
+TRAINING_KEYS = (
+    "output_dir", "seed", "use_cpu", "bf16", "report_to", "run_name", "project", "save_steps", "save_total_limit",
+    "eval_steps", "gradient_accumulation_steps", "gradient_checkpointing", "activation_checkpointing", "learning_rate",
+    "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2",
+    "adam_epsilon", "max_grad_norm",
+)
+TRAINING_FIELDS = frozenset(f.name for f in fields(TrainingArguments))
+# What a trl user reaches for, and what PPO has instead.
+INSTEAD = {
+    "per_device_train_batch_size": "use batch_size (responses rolled out per step on each process)",
+    "per_device_eval_batch_size": "use forward_batch_size and eval_max_prompts",
+    "num_train_epochs": "use total_steps or total_episodes",
+    "max_steps": "use total_steps",
+    "warmup_ratio": "use warmup_steps (a value below 1 is a fraction of the optimizer steps)",
+    "logging_steps": "every PPO step is logged",
+    "eval_strategy": "use eval_steps",
+    "save_strategy": "use save_steps",
+    "num_generation": "use num_generations",
+    "beta": "use kl_coef",
+    "max_completion_length": "use response_length",
+    "epsilon": "use cliprange",
+}
+
+
 @dataclass
-class PPOConfig:
+class PPOConfig(TrainingArguments):
     """Rollout, reward, advantage, loss, optimisation and bookkeeping settings of one PPO run.
 
     One step rolls out ``batch_size`` responses per process (``batch_size / num_generations`` prompts, each
     answered ``num_generations`` times), then runs ``ppo_epochs`` passes over them, each split into
-    ``num_mini_batches`` optimizer steps of ``gradient_accumulation_steps`` micro-batches.
+    ``num_mini_batches`` optimizer steps of ``gradient_accumulation_steps`` micro-batches. The run, optimiser and
+    schedule keys are transformers' TrainingArguments (TRAINING_KEYS); the rest of those are refused.
     """
 
-    # --- run
-    output_dir: str | None = field(default=None, metadata=_help("Run folder (default runs/ppo-<timestamp>)."))
-    seed: int = field(default=42, metadata=_help("Seed for prompt order, sampling and initialisation."))
-    use_cpu: bool = field(default=False, metadata=_help("Train on the CPU even when a GPU is present."))
-    bf16: bool = field(default=False, metadata=_help("bfloat16 mixed precision (accelerate)."))
-    report_to: list[str] = field(
-        default_factory=lambda: ["wandb"],
-        metadata=_help("Trackers: wandb (offline unless an API key is configured), trackio (local dashboard), tensorboard, none."),
-    )
-    run_name: str | None = field(default=None, metadata=_help("Tracker run name (the pipeline names each stage by its key)."))
-    save_steps: int = field(default=50, metadata=_help("Write a checkpoint every N PPO steps (and at the end)."))
-    save_total_limit: int | None = field(default=2, metadata=_help("Keep only the newest N checkpoints (null: all)."))
     num_samples: int = field(default=4, metadata=_help("Rollouts per step written to samples.jsonl with their rewards."))
-    eval_steps: int | None = field(
-        default=None,
-        metadata=_help("Score the held-out eval_prompts every N PPO steps (also before the first and after the last)."),
-    )
     # --- length of training
     total_steps: int = field(default=200, metadata=_help("PPO steps (rollout + update rounds)."))
     total_episodes: int | None = field(
@@ -63,24 +75,10 @@ class PPOConfig:
         default=1, metadata=_help("Responses sampled per prompt, kept together as a group (>= 2 for grpo, dr_grpo, rloo).")
     )
     num_mini_batches: int = field(default=2, metadata=_help("Optimizer steps per PPO epoch (batch_size must divide)."))
-    gradient_accumulation_steps: int = field(default=1, metadata=_help("Micro-batches per mini-batch."))
     ppo_epochs: int = field(default=4, metadata=_help("Passes over each rollout batch."))
     forward_batch_size: int | None = field(
         default=None, metadata=_help("Rows per generation/scoring forward pass (null: the whole batch).")
     )
-    gradient_checkpointing: bool = field(
-        default=False,
-        metadata=_help("Recompute activations in the backward pass: less memory for big models, ~30% slower (dropout is zeroed)."),
-    )
-    # --- optimisation
-    learning_rate: float = field(default=5e-5, metadata=_help("AdamW learning rate of the LoRA adapters and value head."))
-    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = field(
-        default="linear", metadata=_help("Learning-rate schedule over all optimizer steps.")
-    )
-    warmup_ratio: float = field(default=0.0, metadata=_help("Fraction of optimizer steps spent warming up."))
-    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
-    adam_epsilon: float = field(default=1e-5, metadata=_help("AdamW epsilon."))
-    max_grad_norm: float = field(default=1.0, metadata=_help("Clip the gradient norm of each optimizer step."))
     # --- advantages and losses
     advantage_estimator: Estimator = field(
         default="gae",
@@ -182,15 +180,32 @@ class PPOConfig:
         ),
     )
 
+    @classmethod
+    def unused_key(cls, key: str) -> str | None:
+        """Why a recipe may not set ``key``: a TrainingArguments key the PPO loop does not read, or trl's name for one
+        of PPO's keys (see alignment.config.unused_key)."""
+        if key in INSTEAD:
+            return INSTEAD[key]
+        if key in TRAINING_FIELDS and key not in TRAINING_KEYS:
+            return "a Trainer key the PPO loop does not read (alignment.ppo --help lists the keys it reads)"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The keys PPO reads (the resolved recipe.yaml runs again as it is)."""
+        return {k: v for k, v in super().to_dict().items() if not self.unused_key(k)}
+
     def __post_init__(self) -> None:
         """ValueErrors here reach the user as RecipeErrors naming the recipe file."""
+        super().__post_init__()
+        if self.save_steps < 1 or self.save_steps != int(self.save_steps):
+            raise ValueError(f"save_steps must be a whole number of PPO steps >= 1, got {self.save_steps}")
         self.resolve_estimator()
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 for PPO (log-probs are those of the sampler), got {self.temperature}")
         self.rewards = parse_reward_terms(self.rewards)
         if sum((self.reward_model is not None, self.reward_function is not None, bool(self.rewards))) != 1:
             raise ValueError("set exactly one of reward_model (a run folder or checkpoint), reward_function and rewards (a list)")
-        for key in ("kl_coef", "vf_coef", "ent_coef", "max_grad_norm", "weight_decay", "warmup_ratio", "missing_eos_penalty"):
+        for key in ("kl_coef", "vf_coef", "ent_coef", "max_grad_norm", "weight_decay", "missing_eos_penalty"):
             if (getattr(self, key) or 0) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         positive = ("learning_rate", "cliprange", "cliprange_value", "kl_target", "kl_horizon", "response_length", "batch_size",

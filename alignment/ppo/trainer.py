@@ -55,17 +55,18 @@ from alignment.ppo.core import (
 from alignment.ppo.modeling import ActorCritic
 from alignment.ppo.rewards import load_reward
 from alignment.rewards import WeightedReward, check_reward_spec
-from alignment.run import append_jsonl, configure_trackers, start_run, truncate_jsonl, write_json
-from alignment.training import ResumeArguments, parse_stage, resume_from
+from alignment.run import append_jsonl, truncate_jsonl, write_json
+from alignment.training import ResumeArguments, begin, parse_stage, resume_from
 
 logger = logging.getLogger(__name__)
 
 # Stage defaults under the recipe: alignment.grpo is this stage with GRPO's (DeepSeekMath: beta 0.04, one policy
 # update per batch of G answers per prompt).
+PPO_DEFAULTS = {"method": "qlora", "save_steps": 50, "adam_epsilon": 1e-5}
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ppo": {"method": "qlora"},
-    "grpo": {"method": "qlora", "advantage_estimator": "grpo", "num_generations": 4, "ppo_epochs": 1,
-             "num_mini_batches": 1, "kl_coef": 0.04},
+    "ppo": PPO_DEFAULTS,
+    "grpo": {**PPO_DEFAULTS, "advantage_estimator": "grpo", "num_generations": 4, "ppo_epochs": 1, "num_mini_batches": 1,
+             "kl_coef": 0.04},
 }
 CLASSES = (ModelArguments, DataArguments, ResumeArguments, MonitorArguments, PPOConfig)
 PPO_METHODS = ("lora", "qlora")
@@ -176,13 +177,15 @@ class PPOTrainer:
         )
         self.columns = [c for c in self.prompts[0] if c != "prompt"]
         optimizer = torch.optim.AdamW(
-            actor_critic.trainable_parameters(), lr=config.learning_rate, eps=config.adam_epsilon, weight_decay=config.weight_decay
+            actor_critic.trainable_parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+            eps=config.adam_epsilon, weight_decay=config.weight_decay,
         )
         self.model, self.optimizer = accelerator.prepare(actor_critic, optimizer)
         self.total_steps = config.steps_for(accelerator.num_processes)
         updates = self.total_steps * config.ppo_epochs * config.num_mini_batches
         self.scheduler = get_scheduler(
-            config.lr_scheduler_type, self.optimizer, num_warmup_steps=int(config.warmup_ratio * updates), num_training_steps=updates
+            config.lr_scheduler_type, self.optimizer, num_warmup_steps=config.get_warmup_steps(updates),
+            num_training_steps=updates, scheduler_specific_kwargs=config.lr_scheduler_kwargs or None,
         )
         self.monitor = Monitor.build(monitor_args, run_dir, proxy=self.reward.score, extra_columns=self.columns) if monitor_args else None
         self.kl_ctl = kl_controller(config)
@@ -202,6 +205,7 @@ class PPOTrainer:
         check_method(model_args)  # before the Accelerator: its precision is fixed once per process
         check_rewards(config, data_args)
         data = load_data(data_args, "prompts")
+        run_dir = begin(config, model_args, data_args, resume_args, monitor_args)
         accelerator = Accelerator(
             cpu=config.use_cpu,
             mixed_precision="bf16" if config.bf16 else "no",
@@ -209,12 +213,10 @@ class PPOTrainer:
             log_with=trackers(config.report_to) or None,
             project_dir=config.output_dir,
         )
-        recipe = to_dict(model_args, data_args, resume_args, monitor_args, config)
-        run_dir = start_run(config.output_dir, recipe, is_main=accelerator.is_main_process)
-        configure_trackers(config.report_to, run_dir)
         if trackers(config.report_to):
             names = {"wandb": {"dir": str(run_dir), "name": config.run_name}, "trackio": {"name": config.run_name}}
-            accelerator.init_trackers("alignment", config=recipe, init_kwargs=names)
+            recipe = to_dict(model_args, data_args, resume_args, monitor_args, config)
+            accelerator.init_trackers(config.project, config=recipe, init_kwargs=names)
         for line in data.report:
             logger.info("data: %s", line)
         prompts = data.splits["train"].to_list()  # {prompt, *extra_columns}

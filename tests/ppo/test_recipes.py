@@ -89,3 +89,28 @@ def test_demo_recipe_with_random_changes_parses_or_raises_recipe_error(tmp_path)
 
     fuzz()
     assert outcomes["parsed"] > 0 and outcomes["recipe_errors"] > 0, outcomes
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("per_device_train_batch_size", 8, "use batch_size"),
+    ("warmup_ratio", 0.1, "use warmup_steps"),
+    ("logging_steps", 3, "every PPO step is logged"),
+    ("push_to_hub", True, "a Trainer key the PPO loop does not read"),
+])
+def test_a_trainer_key_ppo_does_not_read_is_refused_by_name(key, value, message):
+    with pytest.raises(RecipeError, match=rf"recipes/ppo/demo.yaml: key '{key}' is not used here: {message}"):
+        parse_stage(["recipes/ppo/demo.yaml", f"--{key}", str(value)], "ppo", CLASSES, DEFAULTS)
+
+
+def test_ppo_reads_its_run_and_optimiser_keys_as_training_arguments(tmp_path):
+    """One spelling per idea: warm-up is warmup_steps (a count, or a fraction below 1) as in every stage, and the
+    resolved recipe.yaml holds only the keys PPO reads, so it parses again as it is."""
+    *_, config = parse_stage(["recipes/ppo/demo.yaml", "--warmup_steps", "0.25", "--adam_beta2", "0.95"], "ppo",
+                             CLASSES, DEFAULTS)
+    assert config.get_warmup_steps(40) == 10 and config.adam_beta2 == 0.95
+    assert config.adam_epsilon == 1e-5  # PPO's default over the Trainer's (1e-8)
+    resolved = tmp_path / "recipe.yaml"
+    resolved.write_text(yaml.safe_dump(config.to_dict()))
+    assert "per_device_train_batch_size" not in config.to_dict()
+    *_, again = parse_stage([str(resolved)], "ppo", CLASSES, DEFAULTS)
+    assert again.to_dict() == config.to_dict()

@@ -14,6 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from alignment.config import unused_key
 from alignment.errors import RecipeError
 from alignment.training import parse_stage
 from reliability.support import error_lines, record, stage_classes
@@ -62,10 +63,13 @@ def plausible(hint: typing.Any) -> st.SearchStrategy:
 
 
 def field_hints(classes: tuple[type, ...]) -> dict[str, typing.Any]:
+    """The recipe keys of ``classes`` and their types (not the inherited keys a class refuses, as PPO's config does
+    the Trainer keys its loop never reads)."""
     hints = {}
     for cls in classes:
         types = typing.get_type_hints(cls)
-        hints.update({f.name: types.get(f.name, typing.Any) for f in dataclasses.fields(cls) if f.init})
+        hints.update({f.name: types.get(f.name, typing.Any) for f in dataclasses.fields(cls)
+                      if f.init and not unused_key(classes, f.name)})
     return hints
 
 
