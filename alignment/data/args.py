@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Literal, get_args
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
+from typing import Any, Literal, get_args
+
+from alignment.config import build_dataclasses
+from alignment.errors import RecipeError
 
 Task = Literal["classification", "sft", "preference", "feedback", "prompts"]
 TASKS: tuple[str, ...] = get_args(Task)
@@ -143,10 +146,98 @@ class DataArguments:
     )
 
 
+    def __post_init__(self) -> None:
+        """The checks that need no data and no task (ValueErrors reach the user as RecipeErrors naming the recipe);
+        load_data checks what depends on the task, and that there is a source at all."""
+        if self.dataset_path is not None and self.datasets is not None:
+            raise ValueError("set either dataset_path (one source) or datasets (a mixture), not both")
+        for key in ("validation_split", "test_split"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be at least 0 and below 1, got {getattr(self, key)}")
+        if self.validation_split + self.test_split >= 1:
+            raise ValueError("validation_split + test_split must be below 1 to leave training rows")
+        for key in ("min_chars", "max_chars"):
+            if getattr(self, key) is not None and getattr(self, key) < 0:
+                raise ValueError(f"{key}: must be non-negative, got {getattr(self, key)}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"max_samples: must be positive, got {self.max_samples}")
+        if self.min_chars is not None and self.max_chars is not None and self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) is above max_chars ({self.max_chars})")
+        if self.label_names is not None and (not self.label_names or len(set(self.label_names)) != len(self.label_names)):
+            raise ValueError(f"label_names: must be a non-empty list of distinct names, got {self.label_names}")
+        if self.datasets is not None:
+            self.datasets = mixture(self.datasets)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe keys, mixture entries with only the keys they set (the resolved recipe.yaml)."""
+        out = asdict(self)
+        if self.datasets is not None:
+            out["datasets"] = [entry.to_dict() for entry in self.datasets]
+        return out
+
+
 COLUMN_SUFFIX = "_column"
 COLUMN_FIELDS = tuple(f.name for f in fields(DataArguments) if f.name.endswith(COLUMN_SUFFIX))
-# Keys a `datasets:` mixture entry may set for its own source.
+# Keys a `datasets:` mixture entry may set for its own source, over the top-level keys.
 SOURCE_FIELDS = ("data_format", "dataset_config", "csv_quoting", *COLUMN_FIELDS)
+ENTRY_ALIASES = {"format": "data_format", "config": "dataset_config"}
+
+
+@dataclass
+class _MixtureShare:
+    """One source of a ``datasets:`` mixture: where it is, the split it feeds and its share of the training rows."""
+
+    path: str
+    split: Literal["train", "validation", "test"] = "train"
+    weight: float | None = None
+    rows: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.weight is not None and self.rows is not None:
+            raise ValueError("give weight or rows, not both")
+        if self.weight is not None and self.weight <= 0:
+            raise ValueError(f"weight must be a positive number, got {self.weight!r}")
+        if self.rows is not None and self.rows < 1:
+            raise ValueError(f"rows must be a positive integer, got {self.rows!r}")
+        if (self.weight is not None or self.rows is not None) and self.split != "train":
+            raise ValueError(f"weight and rows sample training rows; a {self.split} entry is used whole")
+
+    def source_keys(self) -> dict[str, Any]:
+        """The reading keys this entry sets for its own source."""
+        return {name: getattr(self, name) for name in SOURCE_FIELDS if getattr(self, name) is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None and not (k == "split" and v == "train")}
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(DataArguments)}
+# The entry's own reading keys are DataArguments' (null: the top-level value), declared once, there.
+MixtureEntry = make_dataclass(
+    "MixtureEntry", [(name, f"{_FIELD_TYPES[name]} | None", field(default=None)) for name in SOURCE_FIELDS],
+    bases=(_MixtureShare,), namespace={"__module__": __name__},
+)
+
+
+def mixture(items: list[Any]) -> list[Any]:
+    """``datasets:`` as MixtureEntry objects; ValueError naming the entry (its number from 1) and key."""
+    if not isinstance(items, list) or not items:
+        raise ValueError("datasets: must be a non-empty list of {path: ..., weight | rows: ...} entries")
+    entries = []
+    for index, item in enumerate(items, start=1):
+        if isinstance(item, MixtureEntry):
+            entries.append(item)
+            continue
+        where = f"datasets entry {index}"
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+            raise ValueError(f"{where}: must be a mapping with a 'path' (a file, folder or hub id), got {item!r}")
+        try:
+            (entry,) = build_dataclasses({ENTRY_ALIASES.get(k, k): v for k, v in item.items()}, (MixtureEntry,), where)
+        except RecipeError as exc:
+            raise ValueError(str(exc).replace("invalid MixtureEntry: ", "")) from None
+        entries.append(entry)
+    if not any(entry.split == "train" for entry in entries):
+        raise ValueError("datasets: no entry feeds the train split")
+    return entries
 
 
 def column_map(args: DataArguments) -> dict[str, str]:

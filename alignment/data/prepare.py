@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import datasets
 
-from alignment.data.args import SOURCE_FIELDS, TASKS, DataArguments, Task, column_map
+from alignment.data.args import TASKS, DataArguments, MixtureEntry, Task, column_map
 from alignment.data.formats import (
     FORMAT_COLUMNS,
     TASK_FORMATS,
@@ -45,9 +45,6 @@ from alignment.errors import DataError, RecipeError
 
 SPLITS = ("train", "validation", "test")
 HELD_OUT = SPLITS[1:]
-ENTRY_ALIASES = {"format": "data_format", "config": "dataset_config"}
-ENTRY_OWN_KEYS = ("path", "split", "weight", "rows")  # the other entry keys override top-level keys
-ENTRY_KEYS = (*ENTRY_OWN_KEYS, *ENTRY_ALIASES, *SOURCE_FIELDS)
 SHOWN_LOCATIONS = 3
 LABELLED_TASKS = ("classification", "feedback")  # held-out splits keep their label proportions
 
@@ -108,29 +105,16 @@ def load_data(args: DataArguments, task: Task) -> PreparedData:
 
 
 def _check_args(args: DataArguments, task: str) -> None:
-    if (args.dataset_path is None) == (args.datasets is None):
-        raise RecipeError("set either dataset_path (one source) or datasets (a mixture), not both or neither")
+    """What depends on the task, and a source to read (DataArguments checks the rest when it is made)."""
+    if args.dataset_path is None and args.datasets is None:
+        raise RecipeError("set either dataset_path (one source) or datasets (a mixture)")
     _check_format(args.data_format, task, "data_format")
-    for key in ("validation_split", "test_split"):
-        if not 0 <= getattr(args, key) < 1:
-            raise RecipeError(f"{key}: must be at least 0 and below 1, got {getattr(args, key)}")
-    if args.validation_split + args.test_split >= 1:
-        raise RecipeError("validation_split + test_split must be below 1 to leave training rows")
     if args.min_margin is not None and task != "preference":
         raise RecipeError(f"min_margin: only for preference data, not for task '{task}'")
     if args.extra_columns and task != "prompts":
         raise RecipeError(f"extra_columns: only for prompt data (PPO/GRPO rewards), not for task '{task}'")
     if args.balance != "none" and task != "classification":
         raise RecipeError(f"balance: only for classification data, not for task '{task}'")
-    for key in ("min_chars", "max_chars"):
-        if getattr(args, key) is not None and getattr(args, key) < 0:
-            raise RecipeError(f"{key}: must be non-negative, got {getattr(args, key)}")
-    if args.max_samples is not None and args.max_samples < 1:
-        raise RecipeError(f"max_samples: must be positive, got {args.max_samples}")
-    if args.min_chars is not None and args.max_chars is not None and args.min_chars > args.max_chars:
-        raise RecipeError(f"min_chars ({args.min_chars}) is above max_chars ({args.max_chars})")
-    if args.label_names is not None and (not args.label_names or len(set(args.label_names)) != len(args.label_names)):
-        raise RecipeError(f"label_names: must be a non-empty list of distinct names, got {args.label_names}")
 
 
 def _check_format(data_format: str, task: str, key: str) -> None:
@@ -146,12 +130,8 @@ def _check_format(data_format: str, task: str, key: str) -> None:
 def _entries(args: DataArguments, task: str) -> list[_Entry]:
     if args.dataset_path is not None:
         return [_Entry(args)]
-    if not isinstance(args.datasets, list) or not args.datasets:
-        raise RecipeError("datasets: must be a non-empty list of {path: ..., weight | rows: ...} entries")
     entries = [_entry(args, task, item, index) for index, item in enumerate(args.datasets)]
     training = [entry for entry in entries if entry.split == "train"]
-    if not training:
-        raise RecipeError("datasets: no entry feeds the train split")
     weights = [entry.weight for entry in training if entry.weight is not None]
     if weights and len(weights) < len(training) and sum(weights) >= 1:
         raise RecipeError(
@@ -161,36 +141,10 @@ def _entries(args: DataArguments, task: str) -> list[_Entry]:
     return entries
 
 
-def _entry(args: DataArguments, task: str, item: object, index: int) -> _Entry:
-    where = f"datasets entry {index + 1}"
-    if not isinstance(item, dict) or not isinstance(item.get("path"), str):
-        raise RecipeError(f"{where}: must be a mapping with a 'path' (a file, folder or hub id), got {item!r}")
-    unknown = sorted(set(item) - set(ENTRY_KEYS))
-    if unknown:
-        raise RecipeError(f"{where}: unknown key(s) {', '.join(unknown)} (expected: {', '.join(ENTRY_KEYS)})")
-    split, weight, rows = item.get("split", "train"), item.get("weight"), item.get("rows")
-    if split not in SPLITS:
-        raise RecipeError(f"{where}: split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if (weight is not None or rows is not None) and split != "train":
-        raise RecipeError(f"{where}: weight and rows sample training rows; a {split} entry is used whole")
-    _check_share(weight, rows, where)
-    overrides = {ENTRY_ALIASES.get(key, key): value for key, value in item.items() if key not in ENTRY_OWN_KEYS}
-    for key, value in overrides.items():
-        expected = bool if key == "csv_quoting" else str
-        if not isinstance(value, expected) and not (key == "dataset_config" and value is None):
-            raise RecipeError(f"{where}: {key} must be a {expected.__name__}, got {value!r}")
-    entry_args = replace(args, dataset_path=item["path"], datasets=None, **overrides)
-    _check_format(entry_args.data_format, task, f"{where}: format")
-    return _Entry(entry_args, index, split, None if weight is None else float(weight), rows)
-
-
-def _check_share(weight: object, rows: object, where: str) -> None:
-    if weight is not None and rows is not None:
-        raise RecipeError(f"{where}: give weight or rows, not both")
-    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0):
-        raise RecipeError(f"{where}: weight must be a positive number, got {weight!r}")
-    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
-        raise RecipeError(f"{where}: rows must be a positive integer, got {rows!r}")
+def _entry(args: DataArguments, task: str, item: MixtureEntry, index: int) -> _Entry:
+    entry_args = replace(args, dataset_path=item.path, datasets=None, **item.source_keys())
+    _check_format(entry_args.data_format, task, f"datasets entry {index + 1}: format")
+    return _Entry(entry_args, index, item.split, item.weight, item.rows)
 
 
 def _read_all(args: DataArguments, entries: list[_Entry], run: _Run) -> dict[str, list[Row]]:

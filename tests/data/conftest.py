@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from alignment.config import build_dataclasses
 from alignment.data import DataArguments, PreparedData, load_data
 
 
@@ -43,8 +44,9 @@ class Files:
 
 
 def _load(task: str, **keys) -> PreparedData:
-    """load_data with recipe keys given as keyword arguments."""
-    return load_data(DataArguments(**keys), task)
+    """load_data with recipe keys given as keyword arguments, read as a recipe is (bad keys: a RecipeError)."""
+    (args,) = build_dataclasses(keys, (DataArguments,), "recipe.yaml")
+    return load_data(args, task)
 
 
 def _report_line(prepared: PreparedData, prefix: str) -> str:

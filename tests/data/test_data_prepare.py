@@ -238,12 +238,13 @@ def test_mixture_of_different_schemas_is_an_error(files, load):
 
 
 @pytest.mark.parametrize("entry, message", [
-    ({"path": "a.jsonl", "wieght": 1}, "datasets entry 1: unknown key\\(s\\) wieght"),
+    ({"path": "a.jsonl", "wieght": 1}, "datasets entry 1: unknown key 'wieght'. Did you mean 'weight'"),
+    ({"path": "a.jsonl", "weight": True}, "datasets entry 1: key 'weight': expected float"),
     ({"path": "a.jsonl", "weight": 0.5, "rows": 3}, "datasets entry 1: give weight or rows, not both"),
     ({"path": "a.jsonl", "rows": 0}, "datasets entry 1: rows must be a positive integer, got 0"),
     ({"weight": 1}, "datasets entry 1: must be a mapping with a 'path'"),
     ({"path": "a.jsonl", "format": "hh"}, "datasets entry 1: format: format 'hh' cannot be used for task 'sft'"),
-    ({"path": "a.jsonl", "split": "dev"}, "datasets entry 1: split must be one of train, validation, test"),
+    ({"path": "a.jsonl", "split": "dev"}, "datasets entry 1: key 'split': expected one of 'train', 'validation', 'test'"),
     ({"path": "a.jsonl", "split": "test", "rows": 5}, "datasets entry 1: weight and rows sample training rows"),
 ])
 def test_invalid_mixture_entries(load, entry, message):
