@@ -43,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.online_rl import cpu_description  # noqa: E402
+from bench.online_rl import cpu_description, recorded_settings  # noqa: E402
 
 MODEL = "builtin:smollm2-135m-instruct"
 POOL = ROOT / "data" / "prompts" / "movie_reviews.jsonl"
@@ -237,7 +237,7 @@ def main() -> None:
             reach = s.get("fraction_of_random_judgements")
             reach_text = "not reached" if reach is None else f"{reach:.2f} of random's judgements"
             print(f"  {strategy:<13} {points}  | RM gold accuracy {accs} | random's final win rate: {reach_text}")
-    report = {"cpu": cpu_description(), "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    report = {"cpu": cpu_description(), "settings": recorded_settings(args),
               "raters": RATERS, "rm": RM_KEYS, "sampling": SAMPLING, "wall_s": round(time.time() - began), "summary": summary,
               "curves": results}
     args.json.parent.mkdir(parents=True, exist_ok=True)

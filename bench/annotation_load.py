@@ -38,7 +38,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from annotation.conftest import Database, PostgresServer, postgres_missing  # noqa: E402
 from reliability.annotation_support import AppProcess, Rater, build_store, percentile  # noqa: E402
 
-from bench.online_rl import cpu_description  # noqa: E402
+from bench.online_rl import cpu_description, recorded_settings  # noqa: E402
 
 THINK_S = (1.0, 5.0)
 
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 server.stop()
         report_backend(backend, results[backend])
-    report = {"cpu": cpu_description(), "settings": {**vars(args), "think_s": THINK_S}, "results": results}
+    report = {"cpu": cpu_description(), "settings": {**recorded_settings(args), "think_s": THINK_S}, "results": results}
     report["settings"].pop("generate")
     print(f"cpu: {report['cpu']['model']} ({report['cpu']['cores']} cores; {' '.join(report['cpu']['flags']) or 'no avx512/amx'})")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -169,7 +169,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="Also write the results as JSON here.")
     args = p.parse_args()
     if not (args.path / "train.tsv").is_file():
-        sys.exit(f"no SST-2 train.tsv in {args.path} (see /work/shared/data/sst2/SOURCE.md)")
+        sys.exit(f"no SST-2 train.tsv in {args.path} (the SST-2 TSV files of GLUE: train.tsv and dev.tsv)")
     with tempfile.TemporaryDirectory(prefix="sst2-bench-") as tmp:
         work = Path(tmp)
         train, dev = prepare(args.path, work, args.max_train_samples, SEED)

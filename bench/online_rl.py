@@ -57,6 +57,16 @@ def cpu_description() -> dict:
     return {"model": name, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags]}
 
 
+def recorded_settings(args) -> dict:
+    """A script's arguments as its result file records them: paths inside the repository relative to it."""
+    def shown(value):
+        if isinstance(value, (str, Path)) and Path(value).is_absolute() and Path(value).resolve().is_relative_to(ROOT):
+            return str(Path(value).resolve().relative_to(ROOT))
+        return str(value) if isinstance(value, Path) else value
+
+    return {key: shown(value) for key, value in vars(args).items()}
+
+
 def read_prompts(path: Path, limit: int | None = None) -> list[str]:
     rows = [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
     return rows[:limit] if limit else rows

@@ -1,4 +1,4 @@
-"""The real HH-RLHF file in /work/shared/data (skipped when that folder is absent)."""
+"""The real HH-RLHF file in ../shared/data beside the repository (skipped when that folder is absent)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-HH_FILE = Path("/work/shared/data/hh-rlhf/helpful-online/test.jsonl.gz")
+HH_FILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh-rlhf" / "helpful-online" / "test.jsonl.gz"
 
 
 @pytest.fixture(scope="module")
