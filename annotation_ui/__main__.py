@@ -20,7 +20,7 @@ def serve_app(store: AnnotationStore, args: argparse.Namespace) -> None:
         print(f"note: no users yet; add one: python -m annotation_ui users add NAME --role admin --db {args.db}")
     from annotation_ui.app import serve
 
-    serve(store, host=args.host, port=args.port)
+    serve(store, host=args.host, port=args.port, forwarded_allow_ips=args.forwarded_allow_ips)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

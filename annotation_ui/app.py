@@ -107,14 +107,15 @@ class AnnotationServer:
 
 def serve(
     store: AnnotationStore, host: str = "127.0.0.1", port: int | None = 7860, block: bool = True, quiet: bool = False,
-    title: str = "Preference annotation",
+    title: str = "Preference annotation", forwarded_allow_ips: str = "127.0.0.1",
 ) -> tuple[AnnotationServer | None, str]:  # fmt: skip
     """Run the app behind our login page. Returns (server, URL); with ``block=False`` it runs in a background
-    thread until ``server.close()``, with ``block=True`` this returns (None, URL) once the server stops."""
+    thread until ``server.close()``, with ``block=True`` this returns (None, URL) once the server stops.
+    ``forwarded_allow_ips``: the proxies trusted to name the client's address in X-Forwarded-For (uvicorn's)."""
     demo = build_app(store, title)
     demo.queue(default_concurrency_limit=8)
     port = port or 7860
     app = server.build_server(store, demo, title, head=HOTKEYS_JS, css=CSS, footer_links=["api"])
-    running = server.run(app, host, port, block=block, quiet=quiet)
+    running = server.run(app, host, port, block=block, quiet=quiet, forwarded_allow_ips=forwarded_allow_ips)
     url = f"http://{host}:{port}/"
     return (AnnotationServer(demo, running) if running else None), url

@@ -188,10 +188,14 @@ class _ThreadServer(uvicorn.Server):
         pass
 
 
-def run(app: FastAPI, host: str, port: int, block: bool, quiet: bool) -> RunningServer | None:
-    """Serve ``app``; with ``block`` until interrupted (returns None), else in a thread once it listens."""
+def run(app: FastAPI, host: str, port: int, block: bool, quiet: bool,
+        forwarded_allow_ips: str = "127.0.0.1") -> RunningServer | None:  # fmt: skip
+    """Serve ``app``; with ``block`` until interrupted (returns None), else in a thread once it listens. A request
+    from one of ``forwarded_allow_ips`` (a reverse proxy) has the address its X-Forwarded-For names (uvicorn's proxy
+    headers); from anywhere else the header is ignored, so a rater cannot pick the address login back-off counts."""
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=2)  # fmt: skip
+                            timeout_graceful_shutdown=2, proxy_headers=True,
+                            forwarded_allow_ips=forwarded_allow_ips)  # fmt: skip
     if block:
         if not quiet:
             print(f"Annotation app: http://{host}:{port}/ (Ctrl+C stops it)", flush=True)

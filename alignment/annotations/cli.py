@@ -340,6 +340,10 @@ def build_parser(prog: str = PROG, serve: Run | None = None, description: str | 
         parser.add_argument("--host", default="127.0.0.1",
                             help="address to bind (default 127.0.0.1: this machine only)")
         parser.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
+        parser.add_argument("--forwarded_allow_ips", default="127.0.0.1", metavar="IPS",
+                            help="reverse proxies whose X-Forwarded-For names the rater's address, which login "
+                                 "back-off counts by: comma-separated IPs or networks, '*' for any, '' for none "
+                                 "(default 127.0.0.1: a proxy on this machine)")
         parser.set_defaults(run=serve)
     sub = parser.add_subparsers(dest="command", required=serve is None, metavar="COMMAND")
     _add_users(sub)

@@ -317,12 +317,13 @@ def served(tmp_path, clock) -> Callable[..., tuple[AnnotationStore, str]]:
     apps = []
     with _store_maker(tmp_path / "annotations.db", clock) as make:
 
-        def launch(**settings) -> tuple[AnnotationStore, str]:
+        def launch(forwarded_allow_ips: str = "127.0.0.1", **settings) -> tuple[AnnotationStore, str]:
             store = make(**settings)
             store.add_user("root", "admin", "root-pw")
             for name in ("alice", "bob"):
                 store.add_user(name, "rater", f"{name}-pw")
-            app, url = serve(store, host="127.0.0.1", port=free_port(), block=False, quiet=True)
+            app, url = serve(store, host="127.0.0.1", port=free_port(), block=False, quiet=True,
+                             forwarded_allow_ips=forwarded_allow_ips)
             apps.append(app)
             return store, url
 

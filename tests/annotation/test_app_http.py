@@ -99,6 +99,22 @@ def test_a_refused_login_says_why_on_the_login_page(served):
     assert ok.status_code == 303 and ok.headers["location"] == "./" and "annotation-session" in ok.cookies
 
 
+@pytest.mark.parametrize("trusted", ["127.0.0.1", ""])
+def test_behind_a_trusted_proxy_back_off_counts_the_forwarded_address(served, trusted):
+    """Behind a reverse proxy every rater comes from the proxy's address: its X-Forwarded-For names theirs, so one
+    guesser does not lock a rater out everywhere. From an untrusted peer the header is ignored (a guesser cannot
+    dodge the back-off by naming new addresses)."""
+    store, url = served(forwarded_allow_ips=trusted, max_failed_logins=2)
+
+    def login(password: str, address: str) -> int:
+        return httpx.post(url + "login", data={"username": "alice", "password": password},
+                          headers={"X-Forwarded-For": address}).status_code
+
+    assert [login("wrong", "10.0.0.66") for _ in range(2)] == [401, 401]
+    assert login("alice-pw", "10.0.0.66") == 429  # the guesser's address backs off
+    assert login("alice-pw", "10.0.0.7") == (200 if trusted else 429)  # alice's own: free only if the header counts
+
+
 def test_a_burst_of_wrong_logins_does_not_stall_a_logged_in_rater(served):
     store, url = served(max_failed_logins_per_address=10_000)  # every attempt hashes a password
     pid = store.add_prompt("Pick one.")
