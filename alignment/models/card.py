@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-HEAD = {"causal": "AutoModelForCausalLM", "seq_cls": "AutoModelForSequenceClassification", "encoder": "AutoModel"}
+AUTO_CLASS = {"causal": "AutoModelForCausalLM", "seq_cls": "AutoModelForSequenceClassification", "encoder": "AutoModel"}
 
 
 def base_chain(meta: dict[str, Any], read_meta) -> tuple[str | None, list[str]]:
@@ -29,7 +29,7 @@ def base_chain(meta: dict[str, Any], read_meta) -> tuple[str | None, list[str]]:
     return meta.get("base_model"), merged
 
 
-def _front_matter(base: str | None, kind: str, adapter: bool, stage: str | None) -> str:
+def _front_matter(base: str | None, adapter: bool, stage: str | None) -> str:
     tags = ["alignment", *([stage] if stage else []), *(["peft"] if adapter else [])]
     lines = ["---", *([f"base_model: {json.dumps(base)}"] if base else []),
              f"library_name: {'peft' if adapter else 'transformers'}", "tags:", *[f"- {t}" for t in tags], "---", ""]
@@ -37,7 +37,7 @@ def _front_matter(base: str | None, kind: str, adapter: bool, stage: str | None)
 
 
 def _load_code(merged: list[str], kind: str, adapter: bool, mean_pooled: bool) -> str:
-    cls = HEAD[kind]
+    cls = AUTO_CLASS[kind]
     if not adapter:
         return f"model = {cls}.from_pretrained(HERE).eval()"
     lines = [f"model = {cls}.from_pretrained(BASE)"]
@@ -70,19 +70,21 @@ def model_card(folder: str | Path, kind: str, meta: dict[str, Any], *, adapter: 
     stage = meta.get("stage")
     what = f"{'A peft adapter' if adapter else 'A model'} ({kind}) trained by `python -m alignment.{stage}`" if stage \
         else f"{'A peft adapter' if adapter else 'A model'} ({kind}) saved by alignment"
-    parts = [_front_matter(base, kind, adapter, stage), f"# {Path(folder).name}", "", what + "."]
+    parts = [_front_matter(base, adapter, stage), f"# {Path(folder).name}", "", what + "."]
     if adapter:
         parts += ["", f"Base: `{base}`" + (", with these adapters merged into it, in order: " + ", ".join(
             f"`{m}`" for m in merged) + " (the base this adapter was trained on)" if merged else "") + "."]
-        if base and base.startswith("builtin:"):
-            parts += [f"`{base}` is an embedded model: `python -c \"from alignment.models.builtin import resolve; "
-                      f"print(resolve('{base}'))\"` prints its local folder, which is `BASE` below."]
         if merged:
             parts += ["`python -m alignment.export` merges an adapter into its base and writes a plain checkpoint."]
-    code = ["import torch", f"from transformers import AutoTokenizer, {HEAD[kind]}"]
+    code = ["import torch", f"from transformers import AutoTokenizer, {AUTO_CLASS[kind]}"]
+    embedded = adapter and bool(base) and base.startswith("builtin:")
     if adapter:
         code += ["from peft import PeftModel"]
-    code += ["", f"HERE = {folder!r}  # this folder, wherever it now is"] + ([f"BASE = {base!r}"] if adapter else [])
+    if embedded:  # the wheel's model, converted once into a local folder
+        code += ["from alignment.models.builtin import resolve"]
+    code += ["", f"HERE = {folder!r}  # this folder, wherever it now is"]
+    if adapter:
+        code += [f"BASE = resolve({base!r})  # the embedded model's local folder" if embedded else f"BASE = {base!r}"]
     mean_pooled = meta.get("pooling") == "mean"
     code += ["", _load_code(merged, kind, adapter, mean_pooled), "tokenizer = AutoTokenizer.from_pretrained(HERE)"]
     if mean_pooled:  # a reward model (one output) reads prompt and response as a pair, a classifier one text

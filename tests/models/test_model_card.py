@@ -131,3 +131,23 @@ def test_an_adapter_on_a_merged_base_names_the_original_base_and_loads_with_plai
         sft_only = load_trained(tmp_path / "sft")[0](**ids).logits
     torch.testing.assert_close(plain, expected, rtol=0, atol=1e-5)
     assert not torch.allclose(sft_only, expected, atol=1e-3)  # the DPO adapter changes the model: the check has teeth
+
+
+def test_an_adapter_on_the_embedded_model_loads_through_its_cards_code(tmp_path):
+    tok = load_tokenizer("builtin:smollm2-135m-instruct")
+    model, origin = load_model(ModelArguments(model_name_or_path="builtin:smollm2-135m-instruct", method="lora", lora_r=4),
+                               "causal", tok)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    save_model(model, tok, tmp_path / "sft", kind="causal", origin=origin, stage="sft")
+    assert json.loads((tmp_path / "sft" / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        "builtin:smollm2-135m-instruct"
+    scope: dict = {}
+    exec(card_code(tmp_path / "sft"), scope)
+    ids = tok(["The film was"], return_tensors="pt")
+    with torch.no_grad():
+        expected = load_trained(tmp_path / "sft")[0](**ids).logits
+        torch.testing.assert_close(scope["model"](**ids).logits, expected, rtol=0, atol=1e-4)
