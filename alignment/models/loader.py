@@ -514,7 +514,8 @@ def merged_checkpoint(adapter_dir: str | Path) -> str:
         if not (target / "config.json").is_file():
             tmp = Path(tempfile.mkdtemp(dir=target.parent))
             try:
-                merge_adapter(adapter_dir, tmp, dtype="auto")
+                with torch.random.fork_rng():  # building a model draws random numbers: a run that merges (a cache
+                    merge_adapter(adapter_dir, tmp, dtype="auto")  # miss) must draw what a cache hit draws
                 tmp.rename(target)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

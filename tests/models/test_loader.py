@@ -184,6 +184,25 @@ def test_an_adapter_merges_into_a_copy_of_its_base_in_the_bases_own_dtype(tmp_pa
     assert {w.dtype for w in weights.values()} == {torch.bfloat16}
 
 
+def test_merging_on_a_cache_miss_leaves_the_random_stream_as_a_cache_hit_does(tmp_path, tiny_llama_dir, monkeypatch):
+    """DPO and PPO merge their SFT start after seeding: on a fresh machine (a cache miss) the merge built a model and
+    drew random numbers, so the new adapter's initialisation and the run's results depended on the cache."""
+    from alignment.models.loader import merged_checkpoint
+
+    monkeypatch.setenv("ALIGNMENT_CACHE", str(tmp_path / "cache"))
+    tok = load_tokenizer(tiny_llama_dir)
+    sft, origin = load_model(ModelArguments(model_name_or_path=tiny_llama_dir, method="lora", lora_r=4), "causal", tok)
+    _perturb_adapter(sft)
+    save_model(sft, tok, tmp_path / "sft", kind="causal", origin=origin, stage="sft")
+    draws = []
+    for _ in ("miss", "hit"):
+        torch.manual_seed(7)
+        merged_checkpoint(tmp_path / "sft")
+        draws.append(torch.rand(4))
+    torch.manual_seed(7)
+    assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0], torch.rand(4))
+
+
 def test_4bit_compute_dtype_is_bf16_on_a_bf16_gpu_and_fp32_on_cpu(monkeypatch):
     from alignment.models.loader import quantization_config
 
