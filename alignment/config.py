@@ -261,9 +261,9 @@ POST_INIT_ERRORS = (ValueError, TypeError, OSError, ImportError, ArithmeticError
 def unused_key(classes: tuple[type, ...], key: str) -> str | None:
     """Why ``key`` is not a recipe key of ``classes``, for a key a class inherits but does not read (PPO's config is
     a TrainingArguments with its own loop): the class's ``unused_key(key)`` says, unless another class reads it."""
-    reasons = [why for c in classes if (why := getattr(c, "unused_key", lambda k: None)(key))]
-    readers = [c for c in classes if key in _field_hints(c) and not getattr(c, "unused_key", lambda k: None)(key)]
-    return reasons[0] if reasons and not readers else None
+    reasons = {c: getattr(c, "unused_key", lambda k: None)(key) for c in classes}
+    readers = [c for c in classes if not reasons[c] and any(f.name == key for f in dataclasses.fields(c))]
+    return next((why for why in reasons.values() if why), None) if not readers else None
 
 
 def build_dataclasses(
