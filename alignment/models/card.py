@@ -63,10 +63,11 @@ def _mean_pooling_code(pairs: bool) -> str:
     )
 
 
-def model_card(folder: str | Path, kind: str, meta: dict[str, Any], *, adapter: bool, read_meta) -> str:
-    """The card's markdown for the model saved in ``folder`` with ``meta`` (its ``alignment_model.json``)."""
+def model_card(folder: str | Path, kind: str, meta: dict[str, Any], *, adapter: bool, base: str | None = None,
+               merged: list[str] = ()) -> str:
+    """The card's markdown for the model saved in ``folder`` with ``meta`` (its ``alignment_model.json``); an
+    adapter's ``base`` and ``merged`` adapters as :func:`base_chain` gives them."""
     folder = str(Path(folder).resolve())
-    base, merged = base_chain(meta, read_meta) if adapter else (None, [])
     stage = meta.get("stage")
     what = f"{'A peft adapter' if adapter else 'A model'} ({kind}) trained by `python -m alignment.{stage}`" if stage \
         else f"{'A peft adapter' if adapter else 'A model'} ({kind}) saved by alignment"

@@ -455,15 +455,17 @@ def save_model(model, tokenizer, out_dir: str | Path, *, kind: Kind, origin: Mod
         meta = {"base_model": origin.base_model, "base_merged_from": origin.base_merged_from, **meta}
     meta = {"kind": kind, **({"pooling": origin.pooling} if origin.pooling else {}), **meta}
     (out / META_FILE).write_text(json.dumps(meta, indent=2))
-    if is_adapter(out):
-        portable_base(out, meta)
-    (out / "README.md").write_text(model_card(out, kind, meta, adapter=is_adapter(out), read_meta=read_meta))
+    adapter = is_adapter(out)
+    base, merged = base_chain(meta, read_meta) if adapter else (None, [])
+    if adapter:
+        portable_base(out, base)
+    (out / "README.md").write_text(model_card(out, kind, meta, adapter=adapter, base=base, merged=merged))
 
 
-def portable_base(adapter_dir: Path, meta: dict[str, Any]) -> None:
+def portable_base(adapter_dir: Path, base: str | None) -> None:
     """Name, in ``adapter_config.json``, the base a user elsewhere can resolve: the original model (``builtin:``
-    name, hub id or the recipe's path), not this machine's cache of merged copies; the card lists the merges."""
-    base, _ = base_chain(meta, read_meta)
+    name, hub id or the recipe's path, from :func:`base_chain`), not this machine's cache of merged copies; the card
+    lists the merges."""
     config_file = adapter_dir / "adapter_config.json"
     config = json.loads(config_file.read_text())
     if base and config.get("base_model_name_or_path") != base:
